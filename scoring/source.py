@@ -1,0 +1,22 @@
+"""The read-only view of stored vectors that search needs. The indexer's Store implements it;
+scoring and search code depend on this protocol only, never on the store itself."""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import numpy as np
+
+
+class VectorSource(Protocol):
+    single_dim: int
+    multi_dim: int
+
+    def live_page_ids(self) -> np.ndarray:
+        """int64 [N], sorted ascending: every page currently in the index. Ids are never reused."""
+
+    def single_vectors(self, page_ids: np.ndarray) -> np.ndarray:
+        """float32 [len(page_ids), single_dim], rows in the order of ``page_ids``."""
+
+    def multi_vectors(self, page_ids: np.ndarray) -> Sequence[np.ndarray]:
+        """One float16 array [T_i, multi_dim] per page id, in order; may be read-only memory-map views."""
