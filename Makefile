@@ -27,7 +27,7 @@ demo: setup
 
 # The same, offline, on generated PDFs and a tiny random checkpoint: shows the flow, not real relevance.
 demo-tiny: setup
-	$(BIN)/python benchmarks/demo_tiny.py
+	$(BIN)/python examples/demo_tiny.py
 
 bench: setup
 	$(BIN)/python benchmarks/encode.py

@@ -122,12 +122,38 @@ class Index:
         return index
 
     @classmethod
-    def open_or_create(cls, directory: str | os.PathLike, **kwargs: Any) -> "Index":
+    def open_or_create(
+        cls,
+        directory: str | os.PathLike,
+        *,
+        model: str | None = None,
+        task: str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        max_pixels: int | None = None,
+    ) -> "Index":
+        """Open the index at ``directory`` for adding, or create it with ``model`` (default jina-v4).
+
+        On an existing index, a ``model``, ``task`` or ``max_pixels`` given explicitly must match the
+        index's own encoder: adding pages from another encoder is refused, never mixed in."""
         directory = Path(directory)
-        if _is_index_dir(directory):
-            open_kwargs = {k: kwargs[k] for k in ("encoder", "device", "dtype") if k in kwargs}
-            return cls.open(directory, writable=True, **open_kwargs)
-        return cls.create(directory, **kwargs)
+        if not _is_index_dir(directory):
+            return cls.create(
+                directory, model=model or DEFAULT_MODEL, task=task or "retrieval",
+                device=device, dtype=dtype, max_pixels=max_pixels,
+            )
+        index = cls.open(directory, device=device, dtype=dtype, writable=True)
+        if model is not None or task is not None or max_pixels is not None:
+            identity = index.identity or {}
+            encoder = _load_encoder(
+                model or identity.get("model", DEFAULT_MODEL),
+                task=task or identity.get("task", "retrieval"),
+                device=device, dtype=dtype,
+                max_pixels=max_pixels or identity.get("max_pixels"),
+            )
+            index._check_encoder(encoder, for_adding=True)
+            index._encoder = encoder
+        return index
 
     def close(self) -> None:
         self._store.close()
@@ -224,14 +250,22 @@ class Index:
         return page_ids
 
     def remove(self, paths: Iterable[str | os.PathLike]) -> int:
-        """Remove documents (by the path they were indexed under, or a folder holding them)."""
+        """Remove documents by the path they were indexed under, or every document under a folder.
+
+        Returns the number of pages removed."""
         store = self._writable()
-        removed = sum(store.remove_document(os.fspath(p)) for p in paths)
+        removed = 0
+        for path in paths:
+            target = os.path.abspath(os.fspath(path))
+            prefix = target.rstrip(os.sep) + os.sep
+            matches = [d.path for d in store.documents() if d.path == target or d.path.startswith(prefix)]
+            for doc_path in matches:
+                removed += store.remove_document(doc_path)
         self._sync_search()
         return removed
 
-    def compact(self) -> dict:
-        """Reclaim the space of removed pages now."""
+    def compact(self) -> int:
+        """Reclaim the space of removed pages now; returns the bytes reclaimed."""
         return self._writable().compact()
 
     # ---- reading ---------------------------------------------------------------------------
@@ -240,13 +274,13 @@ class Index:
         stats = self._store.stats()
         return IndexInfo(
             directory=str(self.directory),
-            format_version=stats["format_version"],
-            documents=stats["documents"],
-            pages=stats["pages"],
-            vectors=stats["vectors"],
-            bytes_on_disk=stats["bytes"],
-            identity=self.identity,
-            failed_documents=stats.get("failed_documents", 0),
+            format_version=stats.format_version,
+            documents=stats.documents,
+            pages=stats.pages,
+            vectors=stats.vectors,
+            bytes_on_disk={**stats.bytes_by_part, "total": stats.total_bytes, "dead (reclaimable)": stats.dead_bytes},
+            identity=stats.identity,
+            failed_documents=stats.failed_documents,
         )
 
     def _retrieval(self):

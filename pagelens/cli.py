@@ -89,14 +89,17 @@ def _main(
 def index_command(
     paths: List[Path] = typer.Argument(..., help="PDFs, page images (png, jpg, tiff) or folders (searched recursively)."),
     index: Path = IndexOption,
-    model: str = typer.Option(
-        "jinaai/jina-embeddings-v4",
+    model: Optional[str] = typer.Option(
+        None,
         "--model",
         "-m",
         envvar="PAGELENS_MODEL",
-        help="Hugging Face repo id (from the local cache) or a local checkpoint folder. Used when creating the index.",
+        help="Hugging Face repo id (from the local cache) or a local checkpoint folder "
+        "[default: jinaai/jina-embeddings-v4 for a new index, the index's own model otherwise].",
     ),
-    task: str = typer.Option("retrieval", "--task", help="LoRA task adapter: retrieval, text-matching or code."),
+    task: Optional[str] = typer.Option(
+        None, "--task", help="LoRA task adapter: retrieval, text-matching or code [default: retrieval]."
+    ),
     dpi: Optional[int] = typer.Option(None, "--dpi", help="Render resolution for PDF pages (default: the indexer's)."),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Pixel cap per page for the encoder (default: the model's)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Pages per encoder batch."),
@@ -116,18 +119,33 @@ def index_command(
             return idx.add(paths, dpi=dpi, batch_size=batch_size, password=password, on_event=on_event)
 
     report = _run(work)
-    summary = report.to_dict()
     if as_json:
-        _print_json(summary)
+        _print_json(_report_dict(report))
     elif not quiet:
-        for failure in report.failed:
-            _err(f"failed: {failure.path}: {failure.reason}")
+        for path, reason in report.failed:
+            _err(f"failed: {path}: {reason}")
         _err(
             f"{len(report.added)} added ({report.pages_added} pages), {len(report.skipped)} unchanged, "
             f"{len(report.removed)} removed, {len(report.failed)} failed in {report.elapsed:.1f}s"
         )
-    status = report.status
-    raise typer.Exit({"ok": EXIT_OK, "some_failed": EXIT_SOME_FAILED}.get(status, EXIT_NOTHING_USABLE))
+    raise typer.Exit(_OUTCOME_EXIT[report.outcome])
+
+
+_OUTCOME_EXIT = {"all_indexed": EXIT_OK, "some_failed": EXIT_SOME_FAILED, "nothing_usable": EXIT_NOTHING_USABLE}
+
+
+def _report_dict(report: Any) -> dict:
+    return {
+        "outcome": report.outcome,
+        "added": [{"path": p, "pages": n} for p, n in report.added],
+        "skipped": list(report.skipped),
+        "failed": [{"path": p, "reason": r} for p, r in report.failed],
+        "removed": [{"path": p, "pages": n} for p, n in report.removed],
+        "duplicates": [{"path": p, "same_as": q} for p, q in report.duplicates],
+        "pages_added": report.pages_added,
+        "pages_encoded": report.pages_encoded,
+        "elapsed_s": round(report.elapsed, 3),
+    }
 
 
 @app.command("search")
@@ -196,7 +214,7 @@ def remove_command(
 
     def work() -> Any:
         with Index.open(index, writable=True) as idx:
-            return idx.remove([os.path.abspath(p) for p in paths])
+            return idx.remove(paths)
 
     removed = _run(work)
     if as_json:
@@ -216,9 +234,9 @@ def compact_command(index: Path = IndexOption, as_json: bool = JsonOption) -> No
 
     result = _run(work)
     if as_json:
-        _print_json(result)
+        _print_json({"bytes_reclaimed": result})
     else:
-        typer.echo(f"compacted: {result}")
+        typer.echo(f"reclaimed {result:,} bytes")
 
 
 def main() -> None:

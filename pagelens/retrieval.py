@@ -1,0 +1,277 @@
+"""Derived search artefacts: the single-vector FAISS prefilter and the token codebook with its
+inverted lists, kept in step with a ``VectorSource`` and persisted under ``derived/``.
+
+Everything here is rebuildable from the source. The source is the truth about which pages
+exist: search filters every candidate by ``source.live_page_ids()`` and always reranks live pages
+newer than the watermark, so a lagging or lost derived state never hides a page and never
+resurrects a removed one.
+
+On disk (``directory``):
+    state.json            {"format", "generation", "watermark", "single_dim", ...}
+    gen-00000042/*.npy    the arrays of generation 42 (prefilter + token index)
+A save writes a new generation folder (files fsynced, folder renamed from ``.tmp``), then
+replaces state.json (tmp -> fsync -> rename -> directory fsync), then deletes older folders.
+A kill at any moment leaves state.json naming a complete generation. A state that fails to load
+(missing, truncated, inconsistent) is discarded and rebuilt by the next ``sync()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from scoring import rank
+from scoring.prefilter import KINDS, SinglePrefilter
+from scoring.source import VectorSource
+from scoring.tokens import TokenIndex, suggest_centroids
+
+FORMAT = 1
+MIN_TRAIN_TOKENS = 50_000  # below this the collection is a few pages: rerank covers it
+TRAIN_SAMPLE_TOKENS = 131_072  # k-means sample: 64 per centroid at the largest codebook
+RETRAIN_GROWTH = 4.0  # retrain the codebook once live tokens exceed 4x those it was trained on
+READ_BATCH_PAGES = 512
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Retriever:
+    """Two-stage search over a VectorSource, with its derived structures under ``directory``."""
+
+    def __init__(
+        self,
+        directory: Path | str,
+        source: VectorSource,
+        *,
+        single_dim: int | None = None,
+        prefilter: str = "auto",
+        device: str = "cpu",
+        min_train_tokens: int = MIN_TRAIN_TOKENS,
+        seed: int = 0,
+    ):
+        if prefilter not in KINDS:
+            raise ValueError(f"unknown prefilter {prefilter!r}; choose one of {list(KINDS)}")
+        self.directory = Path(directory)
+        self.source = source
+        self.device = device
+        self.min_train_tokens = int(min_train_tokens)
+        self.seed = int(seed)
+        self._requested_dim = single_dim
+        self._requested_kind = prefilter
+        self._generation = 0
+        self._reset()
+        self._load()
+
+    # -- state ----------------------------------------------------------------------------------
+    def _reset(self) -> None:
+        dim = self._requested_dim or self.source.single_dim
+        if dim > self.source.single_dim:
+            raise ValueError(f"single_dim {dim} exceeds the source's {self.source.single_dim}-d vectors")
+        self.single_dim = int(dim)
+        self.prefilter = SinglePrefilter(self.single_dim, kind=self._requested_kind)
+        self.tokens: TokenIndex | None = None
+        self.included = np.zeros(0, dtype=np.int64)  # sorted ids the structures hold
+        self.watermark = -1
+        self.trained_tokens = 0
+
+    @property
+    def codebook_version(self) -> int:
+        return self.tokens.version if self.tokens is not None else 0
+
+    def _load(self) -> None:
+        state_path = self.directory / "state.json"
+        if not state_path.exists():
+            return
+        try:
+            state = json.loads(state_path.read_text())
+            if state.get("format") != FORMAT:
+                raise ValueError("unknown format")
+            if self._requested_dim is not None and state["single_dim"] != self._requested_dim:
+                raise ValueError("width changed")  # a different width asked for: rebuild at it
+            gen_dir = self.directory / f"gen-{state['generation']:08d}"
+            arrays = {}
+            for name, size in state["files"].items():
+                path = gen_dir / f"{name}.npy"
+                if path.stat().st_size != size:
+                    raise ValueError(f"{path} is truncated")
+                arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
+            pf = SinglePrefilter.from_arrays({k[3:]: v for k, v in arrays.items() if k.startswith("pf_")})
+            tok_arrays = {k[4:]: v for k, v in arrays.items() if k.startswith("tok_")}
+            tokens = TokenIndex.from_arrays(tok_arrays) if tok_arrays else None
+            included = np.array(arrays["included"], dtype=np.int64)
+            if pf.dim != state["single_dim"] or len(pf) != len(included):
+                raise ValueError("prefilter does not match the state")
+            if tokens is not None and not np.array_equal(tokens.live_ids(), included):
+                raise ValueError("token index does not match the state")
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, json.JSONDecodeError):
+            self._reset()  # derived data is rebuildable: the next sync() starts from the source
+            return
+        self.single_dim = int(state["single_dim"])
+        self.prefilter, self.tokens, self.included = pf, tokens, included
+        self.watermark = int(state["watermark"])
+        self.trained_tokens = int(state["trained_tokens"])
+        self._generation = int(state["generation"])
+
+    def _save(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        generation = self._generation + 1
+        final = self.directory / f"gen-{generation:08d}"
+        tmp = self.directory / f"gen-{generation:08d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.mkdir()
+        arrays = {"included": self.included}
+        arrays.update({f"pf_{k}": v for k, v in self.prefilter.to_arrays().items()})
+        if self.tokens is not None:
+            arrays.update({f"tok_{k}": v for k, v in self.tokens.to_arrays().items()})
+        files = {}
+        for name, arr in arrays.items():
+            path = tmp / f"{name}.npy"
+            with open(path, "wb") as fh:
+                np.save(fh, np.ascontiguousarray(arr), allow_pickle=False)
+                fh.flush()
+                os.fsync(fh.fileno())
+            files[name] = path.stat().st_size
+        _fsync_dir(tmp)
+        os.replace(tmp, final)
+        _fsync_dir(self.directory)
+        state = {
+            "format": FORMAT,
+            "generation": generation,
+            "watermark": int(self.watermark),
+            "single_dim": self.single_dim,
+            "prefilter": self.prefilter.current_kind,
+            "codebook_version": self.codebook_version,
+            "trained_tokens": int(self.trained_tokens),
+            "pages": int(len(self.included)),
+            "files": files,
+        }
+        state_tmp = self.directory / "state.json.tmp"
+        with open(state_tmp, "w") as fh:
+            fh.write(json.dumps(state, indent=1))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(state_tmp, self.directory / "state.json")
+        _fsync_dir(self.directory)
+        self._generation = generation
+        for old in self.directory.glob("gen-*"):
+            if old.name != final.name:
+                shutil.rmtree(old, ignore_errors=True)
+
+    # -- sync -----------------------------------------------------------------------------------
+    def sync(self) -> bool:
+        """Bring the derived structures in step with ``source.live_page_ids()`` and persist them.
+        Returns whether anything changed. Reads only the added pages' vectors, except when the
+        codebook is (re)trained, which reads every live page once."""
+        live = np.asarray(self.source.live_page_ids(), dtype=np.int64)
+        if np.array_equal(live, self.included):
+            return False
+        removed = np.setdiff1d(self.included, live, assume_unique=True)
+        added = np.setdiff1d(live, self.included, assume_unique=True)
+        if len(removed):
+            self.prefilter.remove(removed)
+            if self.tokens is not None:
+                self.tokens.remove(removed)
+        for start in range(0, len(added), READ_BATCH_PAGES * 8):
+            batch = added[start : start + READ_BATCH_PAGES * 8]
+            self.prefilter.add(batch, self.source.single_vectors(batch))
+        if self.tokens is not None:
+            for start in range(0, len(added), READ_BATCH_PAGES):
+                batch = added[start : start + READ_BATCH_PAGES]
+                self.tokens.add(batch, list(self.source.multi_vectors(batch)))
+        self.included = live
+        self.watermark = max(self.watermark, int(live[-1]) if len(live) else -1)
+        self._maybe_train(live)
+        self._save()
+        return True
+
+    def _live_tokens(self, live: np.ndarray, stop_at: int) -> int:
+        total = 0
+        for start in range(0, len(live), READ_BATCH_PAGES * 8):
+            total += sum(len(m) for m in self.source.multi_vectors(live[start : start + READ_BATCH_PAGES * 8]))
+            if total >= stop_at:
+                break
+        return total
+
+    def _maybe_train(self, live: np.ndarray) -> None:
+        if self.tokens is not None:
+            n_tokens = int(self.tokens.page_lengths[self.tokens.alive].sum())
+            if n_tokens <= RETRAIN_GROWTH * self.trained_tokens:
+                return
+        else:
+            n_tokens = self._live_tokens(live, self.min_train_tokens)
+            if n_tokens < self.min_train_tokens:
+                return
+            n_tokens = self._live_tokens(live, np.iinfo(np.int64).max)
+        rng = np.random.default_rng(self.seed + self.codebook_version)
+        sample, have = [], 0
+        for pid in rng.permutation(live):
+            m = np.asarray(self.source.multi_vectors(np.array([pid]))[0], dtype=np.float32)
+            sample.append(m)
+            have += len(m)
+            if have >= TRAIN_SAMPLE_TOKENS:
+                break
+        tokens = TokenIndex.train(
+            np.concatenate(sample), suggest_centroids(n_tokens), seed=self.seed, version=self.codebook_version + 1
+        )
+        for start in range(0, len(live), READ_BATCH_PAGES):
+            batch = live[start : start + READ_BATCH_PAGES]
+            tokens.add(batch, list(self.source.multi_vectors(batch)))
+        self.tokens, self.trained_tokens = tokens, n_tokens
+
+    # -- search ---------------------------------------------------------------------------------
+    def search(
+        self,
+        query_multi: np.ndarray,
+        query_single: np.ndarray | None = None,
+        *,
+        k: int = 10,
+        candidates: int | None = None,
+        exhaustive: bool = False,
+        generators: Sequence[str] | None = None,
+        nprobe: int | None = None,
+    ) -> list[tuple[int, float]]:
+        """Top ``k`` (page_id, MaxSim score), best first (ties: lower page id)."""
+        return self.search_batch(
+            [query_multi], None if query_single is None else [query_single], k=k, candidates=candidates,
+            exhaustive=exhaustive, generators=generators, nprobe=nprobe,
+        )[0]
+
+    def search_batch(
+        self,
+        queries_multi: Sequence[np.ndarray],
+        queries_single: Sequence[np.ndarray] | np.ndarray | None = None,
+        *,
+        k: int = 10,
+        candidates: int | None = None,
+        exhaustive: bool = False,
+        generators: Sequence[str] | None = None,
+        nprobe: int | None = None,
+    ) -> list[list[tuple[int, float]]]:
+        rank.check_generators(generators)
+        live = np.asarray(self.source.live_page_ids(), dtype=np.int64)
+        unindexed = live[np.searchsorted(live, self.watermark, side="right") :]
+        queries = [np.asarray(q, dtype=np.float32) for q in queries_multi]
+        if exhaustive:
+            return rank.exhaustive(self.source, queries, live, k, device=self.device)
+        results = []
+        for i, q in enumerate(queries):
+            single = None if queries_single is None else np.asarray(queries_single[i], dtype=np.float32)
+            results.append(
+                rank.search(
+                    self.source, q, single, prefilter=self.prefilter, tokens=self.tokens, live_ids=live,
+                    unindexed_ids=unindexed, k=k, candidates=candidates, generators=generators, nprobe=nprobe,
+                    device=self.device,
+                )
+            )
+        return results

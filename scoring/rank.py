@@ -1,0 +1,176 @@
+"""The two stages: candidate generators -> a shortlist of K pages -> exact MaxSim -> top k.
+
+Generators: "single" (FAISS over single vectors, ``prefilter.py``) and "tokens" (centroid
+probes, ``tokens.py``). With both, each proposes K pages and the shortlist is their
+reciprocal-rank fusion cut to K, so K is the number of pages MaxSim reranks whatever is chosen.
+
+Defaults, from ``benchmarks/search.py --quick`` on synthetic jina-v4-like collections (750
+tokens/page, 20 queries, 2-core CPU shared with other jobs, so latencies are noisy):
+- generators both, fused. recall@10 against exhaustive MaxSim at 1k / 3k pages:
+  single K=100 0.61 / 0.60, K=200 0.72 / 0.67 (mean pooling dilutes small regions);
+  tokens (nprobe 4) K=100 1.000 / 0.995, K=200 1.000 / 1.000;
+  fused K=100 1.000 / 0.975, K=200 1.000 / 1.000.
+  Fusion costs little over tokens alone and keeps pages matched in aggregate by the mean.
+- K = 200: the smallest K with recall@10 >= 0.99 fused at 3k pages.
+- nprobe = 4 (2 and 8 measured at 10k: see the README / benchmark output).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from scoring.maxsim import EMPTY_PAGE_SCORE, maxsim, maxsim_batch
+from scoring.prefilter import SinglePrefilter
+from scoring.source import VectorSource
+from scoring.tokens import TokenIndex
+
+GENERATORS = ("single", "tokens")
+DEFAULT_GENERATORS = ("single", "tokens")
+DEFAULT_CANDIDATES = 200
+DEFAULT_NPROBE = 4
+RRF_K = 60
+EXHAUSTIVE_BLOCK_PAGES = 1024
+
+Hits = list[tuple[int, float]]
+
+
+def check_generators(generators: Sequence[str] | None) -> tuple[str, ...]:
+    gens = tuple(DEFAULT_GENERATORS if generators is None else generators)
+    bad = [g for g in gens if g not in GENERATORS]
+    if bad or not gens:
+        raise ValueError(f"unknown candidate generators {bad or gens!r}; choose from {list(GENERATORS)}")
+    return gens
+
+
+def fuse(rankings: Sequence[np.ndarray], limit: int) -> np.ndarray:
+    """Reciprocal-rank fusion of ranked id arrays, first ``limit`` ids (ties: lower id)."""
+    rankings = [np.asarray(r, dtype=np.int64) for r in rankings if len(r)]
+    if not rankings:
+        return np.zeros(0, dtype=np.int64)
+    ids = np.concatenate(rankings)
+    weights = np.concatenate([1.0 / (RRF_K + 1 + np.arange(len(r))) for r in rankings])
+    uniq, inv = np.unique(ids, return_inverse=True)
+    score = np.bincount(inv, weights=weights)
+    order = np.lexsort((uniq, -score))
+    return uniq[order[:limit]]
+
+
+def top_k(page_ids: np.ndarray, scores: np.ndarray, k: int) -> Hits:
+    """Best ``k`` (page_id, score), score descending then page id; empty pages (-inf) dropped."""
+    keep = np.isfinite(scores)
+    ids, sc = np.asarray(page_ids)[keep], np.asarray(scores)[keep]
+    if len(ids) > k:
+        part = np.argpartition(-sc, k - 1)[:k]
+        ids, sc = ids[part], sc[part]
+    order = np.lexsort((ids, -sc))
+    return [(int(ids[i]), float(sc[i])) for i in order]
+
+
+def _merge_top(a: Hits, b: Hits, k: int) -> Hits:
+    return sorted(a + b, key=lambda h: (-h[1], h[0]))[:k]
+
+
+def live_subset(page_ids: np.ndarray, live_ids: np.ndarray) -> np.ndarray:
+    """The ids (order kept) that are in the sorted array ``live_ids``."""
+    page_ids = np.asarray(page_ids, dtype=np.int64)
+    if len(live_ids) == 0 or len(page_ids) == 0:
+        return page_ids[:0]
+    at = np.minimum(np.searchsorted(live_ids, page_ids), len(live_ids) - 1)
+    return page_ids[live_ids[at] == page_ids]
+
+
+def shortlist(
+    query_multi: np.ndarray,
+    query_single: np.ndarray | None,
+    *,
+    prefilter: SinglePrefilter | None,
+    tokens: TokenIndex | None,
+    live_ids: np.ndarray,
+    candidates: int = DEFAULT_CANDIDATES,
+    generators: Sequence[str] | None = None,
+    nprobe: int = DEFAULT_NPROBE,
+) -> np.ndarray:
+    """Up to ``candidates`` live page ids from the chosen generators (fused when several).
+    A generator whose structure is missing (no codebook yet, no single vector) is skipped."""
+    rankings = []
+    for gen in check_generators(generators):
+        if gen == "single" and prefilter is not None and query_single is not None:
+            ids, _ = prefilter.search(query_single, candidates)
+            rankings.append(live_subset(ids[0][ids[0] >= 0], live_ids))
+        elif gen == "tokens" and tokens is not None:
+            ids, _ = tokens.candidates(query_multi, candidates, nprobe=nprobe)
+            rankings.append(live_subset(ids, live_ids))
+    return fuse(rankings, candidates)
+
+
+def rerank(source: VectorSource, query_multi: np.ndarray, page_ids: np.ndarray, k: int, *, device: str = "cpu") -> Hits:
+    """Exact MaxSim over the given pages, top ``k``."""
+    page_ids = np.asarray(page_ids, dtype=np.int64)
+    if len(page_ids) == 0:
+        return []
+    scores = maxsim(query_multi, list(source.multi_vectors(page_ids)), device=device)
+    return top_k(page_ids, scores, k)
+
+
+def exhaustive(
+    source: VectorSource,
+    queries_multi: Sequence[np.ndarray],
+    page_ids: np.ndarray,
+    k: int,
+    *,
+    device: str = "cpu",
+    block_pages: int = EXHAUSTIVE_BLOCK_PAGES,
+) -> list[Hits]:
+    """Ground truth: MaxSim of every query against every given page, in blocks of pages so
+    memory stays bounded; all queries share each block's fp16 -> fp32 widening."""
+    results: list[Hits] = [[] for _ in queries_multi]
+    for start in range(0, len(page_ids), block_pages):
+        block = np.asarray(page_ids[start : start + block_pages], dtype=np.int64)
+        scores = maxsim_batch(queries_multi, list(source.multi_vectors(block)), device=device)
+        for qi in range(len(queries_multi)):
+            results[qi] = _merge_top(results[qi], top_k(block, scores[qi], k), k)
+    return results
+
+
+def search(
+    source: VectorSource,
+    query_multi: np.ndarray,
+    query_single: np.ndarray | None,
+    *,
+    prefilter: SinglePrefilter | None,
+    tokens: TokenIndex | None,
+    live_ids: np.ndarray,
+    unindexed_ids: np.ndarray | None = None,
+    k: int = 10,
+    candidates: int | None = None,
+    generators: Sequence[str] | None = None,
+    nprobe: int | None = None,
+    exhaustive_search: bool = False,
+    device: str = "cpu",
+) -> Hits:
+    """One query through both stages. ``live_ids`` (sorted) is the truth about what exists;
+    ``unindexed_ids`` are live pages the derived structures do not hold yet: they are always
+    reranked, so a lagging index never hides a new page."""
+    candidates = DEFAULT_CANDIDATES if candidates is None else int(candidates)
+    nprobe = DEFAULT_NPROBE if nprobe is None else int(nprobe)
+    if k <= 0 or len(live_ids) == 0:
+        return []
+    if exhaustive_search or len(live_ids) <= candidates:
+        return exhaustive(source, [query_multi], live_ids, k, device=device)[0]
+    ids = shortlist(
+        query_multi, query_single, prefilter=prefilter, tokens=tokens, live_ids=live_ids,
+        candidates=candidates, generators=generators, nprobe=nprobe,
+    )
+    if unindexed_ids is not None and len(unindexed_ids):
+        ids = np.union1d(ids, unindexed_ids)
+    if len(ids) == 0:  # no generator could run (no codebook yet, no single query): stay exact
+        return exhaustive(source, [query_multi], live_ids, k, device=device)[0]
+    return rerank(source, query_multi, ids, k, device=device)
+
+
+__all__ = [
+    "DEFAULT_CANDIDATES", "DEFAULT_GENERATORS", "DEFAULT_NPROBE", "EMPTY_PAGE_SCORE", "GENERATORS",
+    "Hits", "check_generators", "exhaustive", "fuse", "live_subset", "rerank", "search", "shortlist", "top_k",
+]

@@ -1,0 +1,44 @@
+"""Every command has help, is in the README, and the CLI's exit codes mean what README says."""
+
+import json
+import re
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from pagelens import __version__
+from pagelens.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+COMMANDS = ["index", "search", "info", "remove", "compact"]
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"pagelens {__version__}"
+
+
+def test_every_command_has_help_and_is_documented():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    top = runner.invoke(app, ["--help"])
+    assert top.exit_code == 0
+    for command in COMMANDS:
+        assert re.search(rf"\b{command}\b", top.output), f"{command} missing from top-level help"
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0, result.output
+        assert "--index" in result.output or command == "index"
+        assert f"pagelens {command}" in readme, f"README does not show `pagelens {command}`"
+
+
+def test_missing_index_is_one_clear_error(tmp_path):
+    result = runner.invoke(app, ["info", "--index", str(tmp_path / "nowhere")])
+    assert result.exit_code == 4
+    assert "no pagelens index" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_usage_error_exit_code(tmp_path):
+    result = runner.invoke(app, ["search"])
+    assert result.exit_code == 2

@@ -1,0 +1,94 @@
+"""Test doubles for the indexer: a deterministic fake encoder and PDF builders (PyMuPDF)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from engine.types import Embedding
+
+def _empty_pdf() -> bytes:
+    """A valid PDF with zero pages and a correct xref table (MuPDF refuses to save one)."""
+    objs = [b"<</Type/Catalog/Pages 2 0 R>>", b"<</Type/Pages/Kids[]/Count 0>>"]
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for i, body in enumerate(objs, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % i + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
+    for off in offsets:
+        out += b"%010d 00000 n \n" % off
+    out += b"trailer\n<</Size %d/Root 1 0 R>>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
+    return bytes(out)
+
+
+EMPTY_PDF = _empty_pdf()
+
+
+class FakeEncoder:
+    """Visibly different pages get different vectors: the single vector projects a 4x4 colour
+    thumbnail, each token projects one horizontal strip; the token count depends on the size."""
+
+    def __init__(self, single_dim: int = 32, multi_dim: int = 16, *, delay: float = 0.0,
+                 revision: str = "fake-1", model: str = "fake", max_pixels: int = 400_000):
+        rng = np.random.default_rng(1234)
+        self.single_dim, self.multi_dim, self.delay, self.max_pixels = single_dim, multi_dim, delay, max_pixels
+        self._p_single = rng.standard_normal((48, single_dim)).astype(np.float32)
+        self._p_multi = rng.standard_normal((12, multi_dim)).astype(np.float32)
+        self.identity = {"model": model, "revision": revision, "task": "retrieval",
+                         "single_dim": single_dim, "multi_dim": multi_dim, "device": "cpu"}
+        self.calls = 0
+        self.images_seen = 0
+
+    def encode_images(self, images, batch_size=8, show_progress_bar=None):
+        self.calls += 1
+        self.images_seen += len(images)
+        if self.delay:
+            time.sleep(self.delay * len(images))
+        return [self.embed(img) for img in images]
+
+    def embed(self, img) -> Embedding:
+        rgb = img.convert("RGB")
+        w, h = rgb.size
+        thumb = np.asarray(rgb.resize((4, 4)), dtype=np.float32).reshape(-1) / 255.0 - 0.5
+        single = thumb @ self._p_single
+        tokens = 3 + (h * 7 + w) % 5
+        strips = np.asarray(rgb.resize((4, tokens)), dtype=np.float32).reshape(tokens, 12) / 255.0 - 0.5
+        multi = strips @ self._p_multi + 1e-3
+        return Embedding(single=(single / max(np.linalg.norm(single), 1e-6)).astype(np.float32),
+                         multi=(multi / np.linalg.norm(multi, axis=1, keepdims=True)).astype(np.float32))
+
+
+def _colour(seed: int, i: int) -> tuple[float, float, float]:
+    rng = np.random.default_rng(seed * 1000 + i)
+    return tuple(float(x) for x in rng.uniform(0.05, 0.95, 3))
+
+
+def make_pdf(path, pages: int = 3, *, seed: int = 0, size=(200, 260), encrypt_password: str | None = None) -> str:
+    """A PDF whose page i has text and a page-specific coloured block (so embeddings differ)."""
+    import pymupdf
+
+    doc = pymupdf.open()
+    for i in range(pages):
+        page = doc.new_page(width=size[0], height=size[1])
+        w, h = size
+        page.draw_rect(pymupdf.Rect(0, 0, w, h * 0.6), color=None, fill=_colour(seed, i))
+        page.draw_circle((w * 0.7, h * 0.8), min(w, h) * 0.1, color=(0, 0, 0), fill=_colour(seed + 7, i))
+        page.insert_text((10, h * 0.7), f"doc {seed} page {i + 1}", fontsize=max(2, min(12, h / 10)))
+    kwargs = {}
+    if encrypt_password:
+        kwargs = {"encryption": pymupdf.PDF_ENCRYPT_AES_256, "user_pw": encrypt_password, "owner_pw": "owner"}
+    data = doc.tobytes(**kwargs)  # MuPDF cannot save to a non-UTF-8 file name itself
+    doc.close()
+    with open(path, "wb") as fh:
+        fh.write(data)
+    return os.fsdecode(path) if isinstance(path, bytes) else str(path)
+
+
+def make_png(path, seed: int = 0, size=(120, 90)) -> str:
+    from PIL import Image
+
+    Image.new("RGB", size, tuple(int(c * 255) for c in _colour(seed, 0))).save(path)
+    return str(path)

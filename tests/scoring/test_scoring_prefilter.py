@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+
+from scoring.prefilter import SinglePrefilter, truncate
+
+
+def unit(rng, n, d):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_add_remove_search(rng, kind):
+    v = unit(rng, 300, 32)
+    ids = np.arange(10, 310, dtype=np.int64)
+    pf = SinglePrefilter(32, kind=kind, nprobe=1000)
+    pf.add(ids[:200], v[:200])
+    pf.add(ids[200:], v[200:])
+    assert len(pf) == 300 and pf.current_kind == kind
+    got, scores = pf.search(v[5], 1)
+    assert got[0, 0] == ids[5] and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+    pf.remove(ids[5:6])
+    got, _ = pf.search(v[5], 20)
+    assert ids[5] not in got and len(pf) == 299
+    np.testing.assert_array_equal(pf.ids(), np.delete(ids, 5))
+    # removing many forces the HNSW rebuild path; all survivors stay findable
+    pf.remove(ids[100:200])
+    assert len(pf) == 199 and not np.isin(pf.search(v[150], 50)[0], ids[100:200]).any()
+    assert pf.search(v[250], 1)[0][0, 0] == ids[250]
+
+
+def test_matryoshka_width_truncates_and_renormalises(rng):
+    v = unit(rng, 50, 64)
+    pf = SinglePrefilter(16)
+    pf.add(np.arange(50), v)
+    q = v[7]
+    got, scores = pf.search(q, 3)
+    t = truncate(v, 16)
+    expected = np.argsort(-(t @ truncate(q, 16)))[:3]
+    np.testing.assert_array_equal(got[0], expected)
+    assert scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_auto_switches_to_hnsw_past_threshold(monkeypatch, rng):
+    import scoring.prefilter as mod
+
+    monkeypatch.setattr(mod, "AUTO_FLAT_MAX", 100)
+    pf = SinglePrefilter(8)
+    v = unit(rng, 150, 8)
+    pf.add(np.arange(90), v[:90])
+    assert pf.current_kind == "flat"
+    pf.add(np.arange(90, 150), v[90:])
+    assert pf.current_kind == "hnsw" and len(pf) == 150
+    assert pf.search(v[3], 1)[0][0, 0] == 3
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_serialise_round_trip(rng, kind):
+    v = unit(rng, 80, 16)
+    pf = SinglePrefilter(16, kind=kind)
+    pf.add(np.arange(80), v)
+    pf.remove(np.array([3]))
+    back = SinglePrefilter.from_bytes(pf.to_bytes())
+    assert back.current_kind == kind and len(back) == 79
+    a, b = pf.search(v[:5], 10), back.search(v[:5], 10)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert 3 not in b[0]
+
+
+def test_empty_and_bad_kind():
+    pf = SinglePrefilter(8)
+    ids, scores = pf.search(np.ones(8), 4)
+    assert (ids == -1).all() and np.isneginf(scores).all()
+    with pytest.raises(ValueError, match="choose one of"):
+        SinglePrefilter(8, kind="lsh")
