@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 
+import torch
 from PIL import Image, ImageDraw
 
 from engine.loader import load_encoder
@@ -61,8 +62,6 @@ def synthetic_queries(n: int, seed: int = 0) -> list[str]:
 
 def peak_memory_mib(device: str) -> float:
     if device.startswith("cuda"):
-        import torch
-
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
@@ -77,11 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-sizes", default="1,4,8")
     ap.add_argument("--pages", type=int, default=16)
     ap.add_argument("--queries", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: torch's own choice; 1 avoids OpenMP spinning on a busy machine)")
     ap.add_argument("--repeats", type=int, default=2,
                     help="timed runs per setting; the best is reported (first runs pay per-shape kernel set-up)")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = args.model
     tmp = None
     if model is None:
@@ -93,8 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     pages = [synthetic_page(i) for i in range(args.pages)]
     queries = synthetic_queries(args.queries)
     is_cuda = enc.device.startswith("cuda")
-    if is_cuda:
-        import torch
 
     def timed(fn):
         if is_cuda:
@@ -112,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device     {enc.device}  dtype {enc.dtype}  image processor {enc.image_processor}  "
           f"max_pixels {enc.max_pixels}")
     print(f"load       {load_s:.2f} s; page 827x1169 -> {tokens} tokens; {args.pages} pages, {args.queries} queries")
-    print(f"load avg   {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other work skews CPU figures)")
+    print(f"load avg   {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()} "
+          "(other work on the machine skews CPU figures)")
     print(f"{'batch':>5} {'pages/s':>10} {'queries/s':>10} {'peak MiB':>10}")
     base_pps = base_qps = None
     for bs in sizes:

@@ -60,6 +60,7 @@ class Store:
         self._manifest, self._db, self._lock_fd = manifest, db, lock_fd
         self.single_dim, self.multi_dim = int(manifest["single_dim"]), int(manifest["multi_dim"])
         self._snap: Snapshot | None = None
+        self._data_version: int | None = None
         self._apps: dict[str, Appender] = {}
         self._writer_open = False
 
@@ -184,10 +185,18 @@ class Store:
             self._snap = load_snapshot(self._db, self.directory, {"multi": self.multi_dim, "single": self.single_dim})
         return self._snap
 
-    def refresh(self) -> None:
-        """Readers: move to the latest committed state (a reader otherwise keeps the one it opened on)."""
+    def refresh(self) -> bool:
+        """Readers: move to the latest committed state (a reader otherwise keeps the one it opened on).
+
+        Cheap when nothing changed: SQLite's data_version only moves when another connection commits.
+        Returns whether the view changed."""
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if self._snap is not None and version == self._data_version:
+            return False
+        self._data_version = version
         self._snap = None
         self._snapshot()
+        return True
 
     def live_page_ids(self) -> np.ndarray:
         return self._snapshot().page_ids.copy()

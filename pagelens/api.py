@@ -117,7 +117,11 @@ class Index:
         store = _store_module().Store.open(directory, writable=writable)
         index = cls(directory, store, device=device, dtype=dtype)
         if encoder is not None:
-            index._check_encoder(encoder, for_adding=writable)
+            try:
+                index._check_encoder(encoder, for_adding=writable)
+            except BaseException:
+                index.close()  # release the writer lock: a refused open must not block the next one
+                raise
             index._encoder = encoder
         return index
 
@@ -151,7 +155,11 @@ class Index:
                 device=device, dtype=dtype,
                 max_pixels=max_pixels or identity.get("max_pixels"),
             )
-            index._check_encoder(encoder, for_adding=True)
+            try:
+                index._check_encoder(encoder, for_adding=True)
+            except BaseException:
+                index.close()
+                raise
             index._encoder = encoder
         return index
 
@@ -334,6 +342,7 @@ class Index:
                     f"the index stores {store.single_dim}-d / {store.multi_dim}-d",
                     "Encode queries with the model the index was built with.",
                 )
+        store.refresh()  # a long-lived reader sees pages committed since it opened
         retriever = self._retrieval()
         retriever.sync()
         results = retriever.search_batch(
