@@ -11,6 +11,18 @@ from PIL import Image, ImageDraw
 from engine.testing import write_tiny_checkpoint
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """The tiny model gains nothing from threads, and OpenMP workers spinning on a busy machine
+    made these tests 10x slower. Only the engine tests run this way; the setting is restored."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "jina-v4-tiny")

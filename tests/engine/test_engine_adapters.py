@@ -69,7 +69,6 @@ def test_projector_lora_is_applied_with_its_scaling(enc, tiny_dir):
     projector = enc._net.multi_vector_projector
     with torch.no_grad():
         hidden = hidden_states(enc._net, batch)
-        adapted = projector(hidden).numpy()
         base = projector.base_layer(hidden).numpy()
         for task in TASKS:
             enc.set_task(task)
