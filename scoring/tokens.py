@@ -26,6 +26,8 @@ from typing import Sequence
 import faiss
 import numpy as np
 
+from scoring.kmeans import spherical_kmeans
+
 DEFAULT_NPROBE = 4
 MIN_CENTROIDS = 64
 MAX_CENTROIDS = 2048
@@ -74,12 +76,8 @@ class TokenIndex:
         x = _normalise(sample)
         c = n_centroids or suggest_centroids(len(x))
         c = max(1, min(c, len(x) // 39))  # FAISS wants >= 39 points per centroid (else it warns)
-        km = faiss.Kmeans(
-            x.shape[1], c, niter=niter, seed=seed, spherical=True, max_points_per_centroid=64,
-            min_points_per_centroid=1, verbose=False,
-        )
-        km.train(x)
-        return cls(km.centroids, version=version)
+        centroids = spherical_kmeans(x, c, niter=niter, seed=seed, max_points_per_centroid=64, min_points_per_centroid=1)
+        return cls(centroids, version=version)
 
     # -- bookkeeping ----------------------------------------------------------------------------
     @property
