@@ -295,7 +295,9 @@ class Index:
         if self._retriever is None:
             from pagelens.retrieval import Retriever  # noqa: PLC0415
 
-            self._retriever = Retriever(self.directory / "derived", self._store)
+            # exact MaxSim follows the model onto the GPU; candidate structures stay on the CPU
+            device = str(self._device) if self._device and str(self._device).startswith("cuda") else "cpu"
+            self._retriever = Retriever(self.directory / "derived", self._store, device=device)
         return self._retriever
 
     def _sync_search(self) -> None:

@@ -63,6 +63,14 @@ def _run(fn, *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
     except user_error_types() as error:  # noqa: BLE001 - the tuple holds our user-facing errors
         _fail(error)
+    except OSError as error:  # disk full, permissions, a vanished index directory
+        _err(f"Error: {error.strerror or error} ({error.filename or 'I/O'})")
+        _err("Hint: every finished document is kept; fix the cause (free space, permissions) and run the same command again.")
+        raise typer.Exit(EXIT_ERROR)
+    except MemoryError:
+        _err("Error: out of memory.")
+        _err("Hint: every finished document is kept; try a smaller --batch-size or --max-pixels and run again.")
+        raise typer.Exit(EXIT_ERROR)
     except KeyboardInterrupt:
         _err("Interrupted: the index holds every document finished so far; run the same command to resume.")
         raise typer.Exit(130)

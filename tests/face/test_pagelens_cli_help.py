@@ -42,3 +42,18 @@ def test_missing_index_is_one_clear_error(tmp_path):
 def test_usage_error_exit_code(tmp_path):
     result = runner.invoke(app, ["search"])
     assert result.exit_code == 2
+
+
+def test_disk_full_is_one_clear_error(tmp_path, monkeypatch):
+    import errno
+
+    import pagelens.api
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "idx"))
+
+    monkeypatch.setattr(pagelens.api.Index, "open", classmethod(lambda cls, *a, **k: full()))
+    result = runner.invoke(app, ["info", "--index", str(tmp_path / "idx")])
+    assert result.exit_code == 4
+    assert "No space left on device" in result.output and "run the same command again" in result.output
+    assert "Traceback" not in result.output
