@@ -71,6 +71,10 @@ def attach_task_adapters(net: nn.Module, adapter_dir: Path, task_names: tuple[st
     except (SafetensorError, OSError, ValueError) as exc:
         raise EngineError(f"{weights_path} could not be read ({exc})", _BROKEN_HINT) from None
     check_adapter_keys(list(state), task_names, weights_path)
+    if not getattr(cfg, "exclude_modules", None) and not any(".visual." in k for k in state):
+        # A plain target list (gate_proj, up_proj, ...) also names the vision tower's MLP; jina never
+        # adapts it, so keep peft off it even when a config omits the exclusion.
+        cfg.exclude_modules = r".*visual.*"
 
     try:
         model = PeftModel(net, cfg, adapter_name=task_names[0])

@@ -122,3 +122,16 @@ def test_missing_adapter_file_is_refused(tiny_copy, name):
     (tiny_copy / "adapters" / name).unlink()
     with pytest.raises(EngineError, match="missing"):
         load_encoder(str(tiny_copy))
+
+
+def test_config_without_visual_exclusion_still_loads_the_same(tiny_copy, enc):
+    cfg_path = tiny_copy / "adapters" / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.pop("exclude_modules")
+    cfg["target_modules"] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                             "multi_vector_projector"]
+    cfg_path.write_text(json.dumps(cfg))
+    other = load_encoder(str(tiny_copy))
+    a, b = enc.encode_queries(TEXTS[:1])[0], other.encode_queries(TEXTS[:1])[0]
+    np.testing.assert_allclose(a.single, b.single, atol=1e-5)
+    np.testing.assert_allclose(a.multi, b.multi, atol=1e-5)
