@@ -6,10 +6,10 @@ Two families: ``PdfError`` is about one input file (the run reports it and goes 
 
 from __future__ import annotations
 
-from engine.errors import EngineError
+from engine.errors import UserError
 
 
-class IndexerError(EngineError):
+class IndexerError(UserError):
     """Base of every indexer error."""
 
 

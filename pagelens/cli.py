@@ -11,14 +11,8 @@ from typing import Any, List, Optional
 import typer
 
 from pagelens import __version__
-from pagelens.errors import (
-    EXIT_ERROR,
-    EXIT_NOTHING_USABLE,
-    EXIT_OK,
-    EXIT_SOME_FAILED,
-    hint_of,
-    user_error_types,
-)
+from engine.errors import UserError
+from pagelens.errors import EXIT_ERROR, EXIT_NOTHING_USABLE, EXIT_OK, EXIT_SOME_FAILED
 
 app = typer.Typer(
     name="pagelens",
@@ -48,20 +42,18 @@ def _err(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def _fail(error: BaseException) -> None:
+def _fail(error: UserError) -> None:
     """Print a user error as one message (and its hint), never a traceback."""
-    text = getattr(error, "message", None) or str(error)
-    _err(f"Error: {text}")
-    hint = hint_of(error)
-    if hint:
-        _err(f"Hint: {hint}")
+    _err(f"Error: {error.message}")
+    if error.hint:
+        _err(f"Hint: {error.hint}")
     raise typer.Exit(EXIT_ERROR)
 
 
 def _run(fn, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
-    except user_error_types() as error:  # noqa: BLE001 - the tuple holds our user-facing errors
+    except UserError as error:
         _fail(error)
     except OSError as error:  # disk full, permissions, a vanished index directory
         _err(f"Error: {error.strerror or error} ({error.filename or 'I/O'})")
