@@ -15,6 +15,7 @@ Data is written to flat fp16/fp32 files and read through a memory-mapped VectorS
 derived structures are built by the product's own ``pagelens.retrieval.Retriever``.
 
     python benchmarks/search.py --sizes 1000,3000,10000 [--sizes-tokens 100000:192] [--quick]
+        [--data-dir DIR --keep] [--K 100,200] [--nprobe 2,4] [--per-token 128,256] [--tokens-max 10000]
 """
 
 from __future__ import annotations
@@ -137,6 +138,10 @@ def time_search(retriever, queries, truth, **kw):
     return np.percentile(lat, 50) * 1e3, np.percentile(lat, 95) * 1e3, float(np.mean(rec))
 
 
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
 def sgemm_peak() -> float:
     a = torch.rand(4096, 4096)
     a @ a
@@ -162,28 +167,47 @@ def run_size(root: Path, world: World, n_pages: int, tokens: int, args, peak: fl
     t0 = time.perf_counter()
     reopened = Retriever(derived, source)
     open_s = time.perf_counter() - t0
-    assert reopened.watermark == retriever.watermark
+    assert reopened.watermark == retriever.watermark and len(reopened.pooled) == n_pages
+    with_tokens = n_pages <= args.tokens_max
+    tok_s = 0.0
+    if with_tokens:  # the codebook is built on first use; time it apart from the default build
+        t0 = time.perf_counter()
+        retriever._enable_tokens()
+        tok_s = time.perf_counter() - t0
     queries = make_queries(folder, world, args.queries, seed=n_pages)
     t0 = time.perf_counter()
     truth = rank.exhaustive(source, [m for m, _ in queries], source.live_page_ids(), 10)
     truth_s = time.perf_counter() - t0
     n_tok = int(source.offsets[-1])
     print(f"\n== {n_pages:,} pages x ~{tokens} tokens ({n_tok:,} token vectors, {n_tok * 256 / 2**30:.2f} GiB fp16)")
-    print(f"generate {gen_s:.1f} s | build derived (sync) {build_s:.1f} s | reopen {open_s * 1e3:.0f} ms"
-          f" | prefilter {retriever.prefilter.current_kind} | codebook {retriever.tokens.n_centroids} centroids"
+    codebook = f"{retriever.tokens.n_centroids} centroids, built on first use in {tok_s:.1f} s" if retriever.tokens else "not built"
+    print(f"generate {gen_s:.1f} s | build default derived (sync: single + pooled) {build_s:.1f} s | reopen {open_s * 1e3:.0f} ms"
+          f" | prefilter {retriever.prefilter.current_kind} | pooled m={retriever.pooled.m}, {len(retriever.pooled.index):,}"
+          f" vectors, {retriever.pooled.index.current_kind} | codebook {codebook}"
           f" | exhaustive truth for {len(queries)} queries {truth_s:.1f} s")
-    print(f"{'generators':<14}{'K':>5}{'nprobe':>7}{'recall@10':>11}{'p50 ms':>9}{'p95 ms':>9}")
+    print(f"{'generators':<14}{'K':>5}{'probe':>7}{'recall@10':>11}{'p50 ms':>9}{'p95 ms':>9}   (probe: nprobe for tokens, n' per token for pooled)")
     rows = {}
-    for gens in (("single",), ("tokens",), ("single", "tokens")):
+    plans = [("single",), ("pooled",), ("pooled", "single")]
+    if with_tokens:
+        plans[1:1] = [("tokens",), ("single", "tokens")]
+    for gens in plans:
         for K in args.K:
-            for nprobe in ([None] if gens == ("single",) else args.nprobe):
-                p50, p95, rec = time_search(retriever, queries, truth, candidates=K, generators=gens, nprobe=nprobe)
-                rows[(gens, K, nprobe)] = (p50, p95, rec)
+            probes = [None]
+            if "tokens" in gens:
+                probes = args.nprobe
+            elif "pooled" in gens:
+                probes = args.per_token
+            for probe in probes:
+                kw = {"nprobe": probe} if "tokens" in gens else {"per_token": probe}
+                p50, p95, rec = time_search(retriever, queries, truth, candidates=K, generators=gens, **kw)
+                rows[(gens, K, probe)] = (p50, p95, rec)
                 name = "+".join(gens)
-                print(f"{name:<14}{K:>5}{nprobe or '-':>7}{rec:>11.3f}{p50:>9.1f}{p95:>9.1f}")
+                print(f"{name:<14}{K:>5}{probe or '-':>7}{rec:>11.3f}{p50:>9.1f}{p95:>9.1f}")
     p50, p95, rec = time_search(retriever, queries, truth)
-    print(f"{'DEFAULT':<14}{rank.DEFAULT_CANDIDATES:>5}{rank.DEFAULT_NPROBE:>7}{rec:>11.3f}{p50:>9.1f}{p95:>9.1f}"
-          f"   targets: recall@10 >= 0.99; p50 <= 50 ms at 100k")
+    name = "DEFAULT " + "+".join(rank.DEFAULT_GENERATORS)
+    print(f"{name:<22}K={rank.DEFAULT_CANDIDATES} n'={rank.DEFAULT_PER_TOKEN}: recall@10 {rec:.3f}"
+          f" [target >= 0.99: {_verdict(rec >= 0.99)}] | p50 {p50:.1f} ms p95 {p95:.1f} ms"
+          + (f" [target p50 <= 50 ms at 100k: {_verdict(p50 <= 50)}]" if n_pages >= 100_000 else ""))
     # exact MaxSim over a given set vs the padded baseline, same pages, same query
     m = queries[0][0]
     subset = source.live_page_ids()[: min(n_pages, 2000)]
@@ -199,7 +223,7 @@ def run_size(root: Path, world: World, n_pages: int, tokens: int, args, peak: fl
     assert np.allclose(ours, padded, atol=1e-2)
     print(f"exact MaxSim over {len(subset)} pages: {flops / ours_s / 1e9:.1f} GFLOP/s ({100 * flops / ours_s / 1e9 / peak:.0f}% of"
           f" sgemm peak {peak:.0f}) | padded baseline {flops / pad_s / 1e9:.1f} GFLOP/s | ours/padded {pad_s / ours_s:.2f}x"
-          f"   target >= 1x")
+          f"   [target >= 1x: {_verdict(pad_s >= ours_s)}]")
     if n_pages <= args.padded_whole_max:
         everything = source.multi_vectors(source.live_page_ids())
         t0 = time.perf_counter()
@@ -210,7 +234,7 @@ def run_size(root: Path, world: World, n_pages: int, tokens: int, args, peak: fl
         whole_s = pad_s * n_pages / len(subset)
         how = "extrapolated linearly from the subset"
     print(f"padded baseline over the whole collection {whole_s * 1e3:.0f} ms ({how}) | default search p50 {p50:.1f} ms"
-          f" | speed-up {whole_s * 1e3 / p50:.1f}x   target >= 3x (already at 3k pages)")
+          f" | speed-up {whole_s * 1e3 / p50:.1f}x   [target >= 3x (already at 3k pages): {_verdict(whole_s * 1e3 >= 3 * p50)}]")
     retriever = reopened = None
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
@@ -226,15 +250,18 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=50)
     ap.add_argument("--K", default="50,100,200,400")
     ap.add_argument("--nprobe", default="2,4,8")
+    ap.add_argument("--per-token", default="128,256,512", help="pooled generator: neighbours per query token")
+    ap.add_argument("--tokens-max", type=int, default=10000, help="largest size where the global codebook is built and measured")
     ap.add_argument("--padded-whole-max", type=int, default=10000, help="largest size where the padded baseline scores everything")
     ap.add_argument("--data-dir", default=None, help="where the synthetic files go (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the generated data for the next run")
     ap.add_argument("--quick", action="store_true", help="1k and 3k pages, 20 queries, fewer settings")
     args = ap.parse_args()
     if args.quick:
-        args.sizes, args.queries, args.K, args.nprobe = "1000,3000", 20, "100,200", "4"
+        args.sizes, args.queries, args.K, args.nprobe, args.per_token = "1000,3000", 20, "100,200", "4", "256"
     args.K = [int(x) for x in args.K.split(",")]
     args.nprobe = [int(x) for x in args.nprobe.split(",")]
+    args.per_token = [int(x) for x in args.per_token.split(",")]
     plan = [(int(s), args.tokens) for s in args.sizes.split(",") if s]
     plan += [tuple(int(v) for v in pair.split(":")) for pair in args.sizes_tokens.split(",") if pair]
     root = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="pagelens-bench-"))

@@ -53,6 +53,7 @@ class Index:
         self._device = device
         self._dtype = dtype
         self._retriever = None
+        self._dirty = False
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -164,6 +165,9 @@ class Index:
         return index
 
     def close(self) -> None:
+        """Bring the search structures in step with what this handle wrote, then release the index."""
+        if self._dirty and self._store is not None:
+            self.sync()
         self._store.close()
 
     def __enter__(self) -> "Index":
@@ -240,7 +244,7 @@ class Index:
         if dpi is not None:
             kwargs["dpi"] = dpi
         report = index_paths(store, encoder, [os.fspath(p) for p in paths], **kwargs)
-        self._sync_search()
+        self.sync()
         return report
 
     def add_embeddings(self, path: str, pages: Sequence[Embedding]) -> list[int]:
@@ -254,7 +258,7 @@ class Index:
                     "Embed with the same model and widths the index was created with.",
                 )
         page_ids = store.add_document(path, list(pages))
-        self._sync_search()
+        self._dirty = True  # search structures catch up once, at the next search or close()
         return page_ids
 
     def remove(self, paths: Iterable[str | os.PathLike]) -> int:
@@ -269,7 +273,7 @@ class Index:
             matches = [d.path for d in store.documents() if d.path == target or d.path.startswith(prefix)]
             for doc_path in matches:
                 removed += store.remove_document(doc_path)
-        self._sync_search()
+        self._dirty = self._dirty or removed > 0
         return removed
 
     def compact(self) -> int:
@@ -300,8 +304,14 @@ class Index:
             self._retriever = Retriever(self.directory / "derived", self._store, device=device)
         return self._retriever
 
-    def _sync_search(self) -> None:
+    def sync(self) -> None:
+        """Bring the derived search structures (FAISS, pooled tokens) in step with the stored pages.
+
+        Searches do this by themselves; writers call it once after a batch of changes so that
+        readers find the structures ready."""
         self._retrieval().sync()
+        self._dirty = False
+
 
     def search(self, query: str, *, k: int = 10, candidates: int | None = None, exhaustive: bool = False) -> list[Hit]:
         """Find the k pages that best answer ``query``, best first."""
@@ -346,7 +356,7 @@ class Index:
                 )
         store.refresh()  # a long-lived reader sees pages committed since it opened
         retriever = self._retrieval()
-        retriever.sync()
+        self.sync()
         results = retriever.search_batch(
             [np.asarray(e.multi, np.float32) for e in embeddings],
             [np.asarray(e.single, np.float32) for e in embeddings],

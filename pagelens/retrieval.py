@@ -1,5 +1,11 @@
-"""Derived search artefacts: the single-vector FAISS prefilter and the token codebook with its
-inverted lists, kept in step with a ``VectorSource`` and persisted under ``derived/``.
+"""Derived search artefacts: the single-vector FAISS prefilter, the pooled-token index and (only
+once asked for) the global token codebook with its inverted lists, kept in step with a
+``VectorSource`` and persisted under ``derived/``.
+
+The codebook ("tokens" generator) is no longer in the default ranking (see ``scoring/rank.py``):
+training it and assigning every token to 2048 centroids is most of a sync's time, so it is
+built only when a search first asks for "tokens" (or ``token_codebook=True``), and from then on
+kept in step like the others.
 
 Everything here is rebuildable from the source. The source is the truth about which pages
 exist: search filters every candidate by ``source.live_page_ids()`` and always reranks live pages
@@ -8,7 +14,7 @@ resurrects a removed one.
 
 On disk (``directory``):
     state.json            {"format", "generation", "watermark", "single_dim", ...}
-    gen-00000042/*.npy    the arrays of generation 42 (prefilter + token index)
+    gen-00000042/*.npy    the arrays of generation 42 (prefilter + pooled index + token index)
 A save writes a new generation folder (files fsynced, folder renamed from ``.tmp``), then
 replaces state.json (tmp -> fsync -> rename -> directory fsync), then deletes older folders.
 A kill at any moment leaves state.json naming a complete generation. A state that fails to load
@@ -26,11 +32,12 @@ from typing import Sequence
 import numpy as np
 
 from scoring import rank
+from scoring.pooled import DEFAULT_CLUSTERS, PooledIndex
 from scoring.prefilter import KINDS, SinglePrefilter
 from scoring.source import VectorSource
 from scoring.tokens import TokenIndex, suggest_centroids
 
-FORMAT = 1
+FORMAT = 2  # 2: adds the pooled index
 MIN_TRAIN_TOKENS = 50_000  # below this the collection is a few pages: rerank covers it
 TRAIN_SAMPLE_TOKENS = 131_072  # k-means sample: 64 per centroid at the largest codebook
 RETRAIN_GROWTH = 4.0  # retrain the codebook once live tokens exceed 4x those it was trained on
@@ -58,6 +65,8 @@ class Retriever:
         device: str = "cpu",
         min_train_tokens: int = MIN_TRAIN_TOKENS,
         seed: int = 0,
+        token_codebook: bool = False,
+        pool_clusters: int = DEFAULT_CLUSTERS,
     ):
         if prefilter not in KINDS:
             raise ValueError(f"unknown prefilter {prefilter!r}; choose one of {list(KINDS)}")
@@ -66,6 +75,8 @@ class Retriever:
         self.device = device
         self.min_train_tokens = int(min_train_tokens)
         self.seed = int(seed)
+        self.token_codebook = bool(token_codebook)
+        self.pool_clusters = int(pool_clusters)
         self._requested_dim = single_dim
         self._requested_kind = prefilter
         self._generation = 0
@@ -80,6 +91,7 @@ class Retriever:
         self.single_dim = int(dim)
         self.prefilter = SinglePrefilter(self.single_dim, kind=self._requested_kind)
         self.tokens: TokenIndex | None = None
+        self.pooled = PooledIndex(self.source.multi_dim, m=self.pool_clusters)
         self.included = np.zeros(0, dtype=np.int64)  # sorted ids the structures hold
         self.watermark = -1
         self.trained_tokens = 0
@@ -108,16 +120,20 @@ class Retriever:
             pf = SinglePrefilter.from_arrays({k[3:]: v for k, v in arrays.items() if k.startswith("pf_")})
             tok_arrays = {k[4:]: v for k, v in arrays.items() if k.startswith("tok_")}
             tokens = TokenIndex.from_arrays(tok_arrays) if tok_arrays else None
+            pooled = PooledIndex.from_arrays({k[5:]: v for k, v in arrays.items() if k.startswith("pool_")})
             included = np.array(arrays["included"], dtype=np.int64)
             if pf.dim != state["single_dim"] or len(pf) != len(included):
                 raise ValueError("prefilter does not match the state")
             if tokens is not None and not np.array_equal(tokens.live_ids(), included):
                 raise ValueError("token index does not match the state")
+            if not np.array_equal(pooled.live_ids(), included) or pooled.m != self.pool_clusters:
+                raise ValueError("pooled index does not match the state")
         except (OSError, ValueError, KeyError, TypeError, RuntimeError, json.JSONDecodeError):
             self._reset()  # derived data is rebuildable: the next sync() starts from the source
             return
         self.single_dim = int(state["single_dim"])
-        self.prefilter, self.tokens, self.included = pf, tokens, included
+        self.prefilter, self.tokens, self.pooled, self.included = pf, tokens, pooled, included
+        self.token_codebook = self.token_codebook or tokens is not None
         self.watermark = int(state["watermark"])
         self.trained_tokens = int(state["trained_tokens"])
         self._generation = int(state["generation"])
@@ -132,6 +148,7 @@ class Retriever:
         tmp.mkdir()
         arrays = {"included": self.included}
         arrays.update({f"pf_{k}": v for k, v in self.prefilter.to_arrays().items()})
+        arrays.update({f"pool_{k}": v for k, v in self.pooled.to_arrays().items()})
         if self.tokens is not None:
             arrays.update({f"tok_{k}": v for k, v in self.tokens.to_arrays().items()})
         files = {}
@@ -182,18 +199,33 @@ class Retriever:
             self.prefilter.remove(removed)
             if self.tokens is not None:
                 self.tokens.remove(removed)
+            self.pooled.remove(removed)
         for start in range(0, len(added), READ_BATCH_PAGES * 8):
             batch = added[start : start + READ_BATCH_PAGES * 8]
             self.prefilter.add(batch, self.source.single_vectors(batch))
-        if self.tokens is not None:
-            for start in range(0, len(added), READ_BATCH_PAGES):
-                batch = added[start : start + READ_BATCH_PAGES]
-                self.tokens.add(batch, list(self.source.multi_vectors(batch)))
+        batches = (added[a : a + READ_BATCH_PAGES] for a in range(0, len(added), READ_BATCH_PAGES))
+        self.pooled.add_batches((b, self._read_multi(b)) for b in batches)
         self.included = live
         self.watermark = max(self.watermark, int(live[-1]) if len(live) else -1)
-        self._maybe_train(live)
+        if self.token_codebook:
+            self._maybe_train(live)
         self._save()
         return True
+
+    def _read_multi(self, batch: np.ndarray) -> list[np.ndarray]:
+        """One read of a batch's tokens, shared by the pooled index and the codebook lists."""
+        pages = list(self.source.multi_vectors(batch))
+        if self.tokens is not None:
+            self.tokens.add(batch, pages)
+        return pages
+
+    def _enable_tokens(self) -> None:
+        """First search asking for "tokens": train the codebook now and keep it from then on."""
+        self.token_codebook = True
+        if self.tokens is None and len(self.included):
+            self._maybe_train(self.included)
+            if self.tokens is not None:
+                self._save()
 
     def _live_tokens(self, live: np.ndarray, stop_at: int) -> int:
         total = 0
@@ -240,11 +272,12 @@ class Retriever:
         exhaustive: bool = False,
         generators: Sequence[str] | None = None,
         nprobe: int | None = None,
+        per_token: int | None = None,
     ) -> list[tuple[int, float]]:
         """Top ``k`` (page_id, MaxSim score), best first (ties: lower page id)."""
         return self.search_batch(
             [query_multi], None if query_single is None else [query_single], k=k, candidates=candidates,
-            exhaustive=exhaustive, generators=generators, nprobe=nprobe,
+            exhaustive=exhaustive, generators=generators, nprobe=nprobe, per_token=per_token,
         )[0]
 
     def search_batch(
@@ -257,8 +290,10 @@ class Retriever:
         exhaustive: bool = False,
         generators: Sequence[str] | None = None,
         nprobe: int | None = None,
+        per_token: int | None = None,
     ) -> list[list[tuple[int, float]]]:
-        rank.check_generators(generators)
+        if "tokens" in rank.check_generators(generators) and not self.token_codebook:
+            self._enable_tokens()
         live = np.asarray(self.source.live_page_ids(), dtype=np.int64)
         unindexed = live[np.searchsorted(live, self.watermark, side="right") :]
         queries = [np.asarray(q, dtype=np.float32) for q in queries_multi]
@@ -271,7 +306,7 @@ class Retriever:
                 rank.search(
                     self.source, q, single, prefilter=self.prefilter, tokens=self.tokens, live_ids=live,
                     unindexed_ids=unindexed, k=k, candidates=candidates, generators=generators, nprobe=nprobe,
-                    device=self.device,
+                    device=self.device, pooled=self.pooled, per_token=per_token,
                 )
             )
         return results

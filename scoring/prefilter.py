@@ -36,12 +36,25 @@ def truncate(vectors: np.ndarray, dim: int) -> np.ndarray:
 class SinglePrefilter:
     """FAISS index over single vectors, keyed by int64 page id."""
 
-    def __init__(self, dim: int, *, kind: str = "auto", nprobe: int = 16):
-        if kind not in KINDS:
-            raise ValueError(f"unknown prefilter kind {kind!r}; choose one of {list(KINDS)}")
+    def __init__(
+        self,
+        dim: int,
+        *,
+        kind: str = "auto",
+        nprobe: int = 16,
+        flat_max: int | None = None,
+        large_kind: str = "hnsw",
+        lists_per_sqrt: float = 4.0,
+    ):
+        """``flat_max`` (default ``AUTO_FLAT_MAX``) / ``large_kind``: what "auto" picks below /
+        above that many vectors;
+        ``lists_per_sqrt``: IVF lists per square root of the vector count."""
+        if kind not in KINDS or large_kind not in KINDS[2:]:
+            raise ValueError(f"unknown prefilter kind {kind!r}/{large_kind!r}; choose one of {list(KINDS)}")
         self.dim = int(dim)
         self.kind = kind
         self.nprobe = nprobe
+        self.flat_max, self.large_kind, self.lists_per_sqrt = flat_max, large_kind, float(lists_per_sqrt)
         self._index = self._empty(self._resolve(0))
         self._dead = np.zeros(0, dtype=np.int64)  # sorted; only ever non-empty for hnsw
         self._trained_at = 0  # collection size the IVF quantiser was trained on
@@ -50,7 +63,7 @@ class SinglePrefilter:
     def _resolve(self, n: int) -> str:
         if self.kind != "auto":
             return self.kind
-        return "flat" if n < AUTO_FLAT_MAX else "hnsw"
+        return "flat" if n < (AUTO_FLAT_MAX if self.flat_max is None else self.flat_max) else self.large_kind
 
     @property
     def current_kind(self) -> str:
@@ -68,9 +81,10 @@ class SinglePrefilter:
             inner = faiss.IndexHNSWFlat(self.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
             inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
             return faiss.IndexIDMap2(inner)
-        nlist = max(1, min(int(4 * np.sqrt(max(n_hint, 1))), n_hint // 39))  # >= 39 points per list
+        nlist = max(1, min(int(self.lists_per_sqrt * np.sqrt(max(n_hint, 1))), n_hint // 39))  # >= 39 points per list
         quantiser = faiss.IndexFlatIP(self.dim)
         ivf = faiss.IndexIVFFlat(quantiser, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.cp.max_points_per_centroid = 64  # train on a sample: k-means over millions is minutes here
         ivf.own_fields = True
         quantiser.this.disown()
         ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct() after removals
@@ -164,7 +178,10 @@ class SinglePrefilter:
 
     # -- persistence -----------------------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:
-        meta = {"dim": self.dim, "kind": self.kind, "nprobe": self.nprobe, "trained_at": self._trained_at}
+        meta = {
+            "dim": self.dim, "kind": self.kind, "nprobe": self.nprobe, "trained_at": self._trained_at,
+            "flat_max": self.flat_max, "large_kind": self.large_kind, "lists_per_sqrt": self.lists_per_sqrt,
+        }
         return {
             "faiss": faiss.serialize_index(self._index),
             "dead": self._dead.copy(),
@@ -174,7 +191,10 @@ class SinglePrefilter:
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "SinglePrefilter":
         meta = json.loads(bytes(np.asarray(arrays["meta"], dtype=np.uint8)).decode())
-        self = cls(meta["dim"], kind=meta["kind"], nprobe=meta["nprobe"])
+        self = cls(
+            meta["dim"], kind=meta["kind"], nprobe=meta["nprobe"], flat_max=meta.get("flat_max"),
+            large_kind=meta.get("large_kind", "hnsw"), lists_per_sqrt=meta.get("lists_per_sqrt", 4.0),
+        )
         self._index = faiss.deserialize_index(np.ascontiguousarray(arrays["faiss"], dtype=np.uint8))
         self._dead = np.asarray(arrays["dead"], dtype=np.int64).copy()
         self._trained_at = int(meta["trained_at"])

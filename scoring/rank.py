@@ -1,18 +1,24 @@
 """The two stages: candidate generators -> a shortlist of K pages -> exact MaxSim -> top k.
 
-Generators: "single" (FAISS over single vectors, ``prefilter.py``) and "tokens" (centroid
-probes, ``tokens.py``). With both, each proposes K pages and the shortlist is their
-reciprocal-rank fusion cut to K, so K is the number of pages MaxSim reranks whatever is chosen.
+Generators: "single" (FAISS over single vectors, ``prefilter.py``), "pooled" (FAISS over each
+page's k-means-pooled token vectors, ``pooled.py``) and "tokens" (global-codebook centroid probes,
+``tokens.py``). With several, each proposes K pages and the shortlist is their reciprocal-rank
+fusion cut to K, so K is the number of pages MaxSim reranks whatever is chosen.
 
-Defaults, from ``benchmarks/search.py --quick`` on synthetic jina-v4-like collections (750
-tokens/page, 20 queries, 2-core CPU shared with other jobs, so latencies are noisy):
-- generators both, fused. recall@10 against exhaustive MaxSim at 1k / 3k pages:
-  single K=100 0.61 / 0.60, K=200 0.72 / 0.67 (mean pooling dilutes small regions);
-  tokens (nprobe 4) K=100 1.000 / 0.995, K=200 1.000 / 1.000;
-  fused K=100 1.000 / 0.975, K=200 1.000 / 1.000.
-  Fusion costs little over tokens alone and keeps pages matched in aggregate by the mean.
-- K = 200: the smallest K with recall@10 >= 0.99 fused at 3k pages.
-- nprobe = 4 (2 and 8 measured at 10k: see the README / benchmark output).
+Defaults, from ``benchmarks/search.py`` on synthetic jina-v4-like collections (750 tokens/page,
+20-30 queries, 2-core CPU shared with other jobs, so latencies are noisy):
+- recall@10 against exhaustive MaxSim at 1k / 10k pages:
+  single K=100 0.58 / 0.62, K=200 0.71 / 0.64 (mean pooling dilutes small regions);
+  tokens nprobe 4 K=200 1.000 / 0.927 (2048 centroids shared by many pages: scores tie);
+  single+tokens K=200 1.000 / 0.900 (the previous default);
+  pooled (m=16) K=100 n'=64 or 256: 1.000 / 1.000; pooled+single K=100 n'=256: 1.000 / 1.000,
+  p50 10 / 60 ms (10k: flat scan of 160k pooled vectors; IVF above 200k vectors).
+- generators pooled + single, fused: pooled carries the recall; single costs ~1 ms and keeps
+  pages that match in aggregate through the mean. "tokens" stays selectable, built on first use.
+- K = 100: the smallest measured K with recall@10 1.000 at 1k and 10k.
+- n' (per_token) = 256 neighbours per query token: 64 already reached 1.000; 256 is margin for
+  larger collections at ~2 ms more.
+- m = 16 pooled vectors per page (``pooling.DEFAULT_CLUSTERS``): 8 merges small regions more often.
 """
 
 from __future__ import annotations
@@ -22,13 +28,14 @@ from typing import Sequence
 import numpy as np
 
 from scoring.maxsim import EMPTY_PAGE_SCORE, maxsim, maxsim_batch
+from scoring.pooled import DEFAULT_PER_TOKEN, PooledIndex
 from scoring.prefilter import SinglePrefilter
 from scoring.source import VectorSource
 from scoring.tokens import TokenIndex
 
-GENERATORS = ("single", "tokens")
-DEFAULT_GENERATORS = ("single", "tokens")
-DEFAULT_CANDIDATES = 200
+GENERATORS = ("single", "tokens", "pooled")
+DEFAULT_GENERATORS = ("pooled", "single")
+DEFAULT_CANDIDATES = 100
 DEFAULT_NPROBE = 4
 RRF_K = 60
 EXHAUSTIVE_BLOCK_PAGES = 1024
@@ -91,6 +98,8 @@ def shortlist(
     candidates: int = DEFAULT_CANDIDATES,
     generators: Sequence[str] | None = None,
     nprobe: int = DEFAULT_NPROBE,
+    pooled: PooledIndex | None = None,
+    per_token: int = DEFAULT_PER_TOKEN,
 ) -> np.ndarray:
     """Up to ``candidates`` live page ids from the chosen generators (fused when several).
     A generator whose structure is missing (no codebook yet, no single vector) is skipped."""
@@ -101,6 +110,9 @@ def shortlist(
             rankings.append(live_subset(ids[0][ids[0] >= 0], live_ids))
         elif gen == "tokens" and tokens is not None:
             ids, _ = tokens.candidates(query_multi, candidates, nprobe=nprobe)
+            rankings.append(live_subset(ids, live_ids))
+        elif gen == "pooled" and pooled is not None:
+            ids, _ = pooled.candidates(query_multi, candidates, per_token=per_token)
             rankings.append(live_subset(ids, live_ids))
     return fuse(rankings, candidates)
 
@@ -149,19 +161,22 @@ def search(
     nprobe: int | None = None,
     exhaustive_search: bool = False,
     device: str = "cpu",
+    pooled: PooledIndex | None = None,
+    per_token: int | None = None,
 ) -> Hits:
     """One query through both stages. ``live_ids`` (sorted) is the truth about what exists;
     ``unindexed_ids`` are live pages the derived structures do not hold yet: they are always
     reranked, so a lagging index never hides a new page."""
     candidates = DEFAULT_CANDIDATES if candidates is None else int(candidates)
     nprobe = DEFAULT_NPROBE if nprobe is None else int(nprobe)
+    per_token = DEFAULT_PER_TOKEN if per_token is None else int(per_token)
     if k <= 0 or len(live_ids) == 0:
         return []
     if exhaustive_search or len(live_ids) <= candidates:
         return exhaustive(source, [query_multi], live_ids, k, device=device)[0]
     ids = shortlist(
         query_multi, query_single, prefilter=prefilter, tokens=tokens, live_ids=live_ids,
-        candidates=candidates, generators=generators, nprobe=nprobe,
+        candidates=candidates, generators=generators, nprobe=nprobe, pooled=pooled, per_token=per_token,
     )
     if unindexed_ids is not None and len(unindexed_ids):
         ids = np.union1d(ids, unindexed_ids)
@@ -171,6 +186,6 @@ def search(
 
 
 __all__ = [
-    "DEFAULT_CANDIDATES", "DEFAULT_GENERATORS", "DEFAULT_NPROBE", "EMPTY_PAGE_SCORE", "GENERATORS",
+    "DEFAULT_CANDIDATES", "DEFAULT_GENERATORS", "DEFAULT_NPROBE", "DEFAULT_PER_TOKEN", "EMPTY_PAGE_SCORE", "GENERATORS",
     "Hits", "check_generators", "exhaustive", "fuse", "live_subset", "rerank", "search", "shortlist", "top_k",
 ]

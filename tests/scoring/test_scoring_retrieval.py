@@ -22,7 +22,7 @@ def queries(rng, source, n=6):
 
 
 def retriever(tmp_path, source, name="derived", **kw):
-    return Retriever(tmp_path / name, source, min_train_tokens=500, **kw)
+    return Retriever(tmp_path / name, source, min_train_tokens=500, token_codebook=True, **kw)
 
 
 def search_all(r, qs, **kw):
@@ -35,7 +35,9 @@ def test_two_stage_equals_exhaustive_when_k_covers_collection(tmp_path, source, 
     assert r.tokens is not None and r.codebook_version == 1
     live = source.live_page_ids()
     for m, s in queries(rng, source):
-        ids = rank.shortlist(m, s, prefilter=r.prefilter, tokens=r.tokens, live_ids=live, candidates=len(live))
+        ids = rank.shortlist(
+            m, s, prefilter=r.prefilter, tokens=r.tokens, pooled=r.pooled, live_ids=live, candidates=len(live)
+        )
         assert sorted(ids) == list(live)
         assert rank.rerank(source, m, ids, 10) == r.search(m, s, exhaustive=True)
         assert r.search(m, s, candidates=len(live)) == r.search(m, s, exhaustive=True)
@@ -52,7 +54,7 @@ def test_exhaustive_is_maxsim_over_every_page(tmp_path, source, rng):
     assert [pid for pid, _ in r.search(m, None, k=5, exhaustive=True)] == list(best)
 
 
-@pytest.mark.parametrize("generators", [("single",), ("tokens",), ("single", "tokens")])
+@pytest.mark.parametrize("generators", [("single",), ("tokens",), ("pooled",), ("single", "tokens"), ("pooled", "single")])
 def test_shortlist_search_finds_the_source_page(tmp_path, source, rng, generators):
     r = retriever(tmp_path, source)
     r.sync()

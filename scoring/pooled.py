@@ -1,0 +1,148 @@
+"""Pooled-token candidate generator.
+
+Each page's tokens are pooled into at most ``m`` unit vectors (``pooling.pool_pages``), and all
+pooled vectors go into one FAISS inner-product index keyed ``page_id * SLOTS + j``
+(``prefilter.SinglePrefilter`` at the token width, so flat / IVF / HNSW and removal come with it).
+
+A query searches all its tokens at once, ``per_token`` neighbours each, and pre-scores every page
+that came back by approximate MaxSim:
+
+    sum over query tokens t of  max(floor_t, max over the page's returned vectors v of q_t.v)
+
+where floor_t is the t-th token's ``per_token``-th best score (a page not returned for t can at
+best score that). Unlike the global codebook of ``tokens.py``, whose 2048 centroids are shared
+by many pages (their approximate scores tie), a pooled vector belongs to one page and sits near
+that page's own region, so the pre-score separates pages that share a topic.
+
+Pages are tracked in ``page_ids`` / ``counts`` (sorted by id) so removal knows each page's sub-ids
+and a reload can check itself against the source without reading FAISS.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from scoring.pooling import DEFAULT_CLUSTERS, DEFAULT_ITERATIONS, pool_pages
+from scoring.prefilter import SinglePrefilter
+
+SLOTS = 64  # sub-ids per page: m must not exceed it
+DEFAULT_PER_TOKEN = 256
+FLAT_MAX_VECTORS = 200_000  # flat scan of 200k x 128 fp32 for 32 query tokens ~ 30 ms here; IVF above
+
+
+class PooledIndex:
+    """Pooled vectors of every page in one FAISS index; see the module docstring."""
+
+    def __init__(self, dim: int, *, m: int = DEFAULT_CLUSTERS, iterations: int = DEFAULT_ITERATIONS, kind: str = "auto"):
+        if not 1 <= m <= SLOTS:
+            raise ValueError(f"m must be in [1, {SLOTS}], got {m}")
+        self.m, self.iterations = int(m), int(iterations)
+        self.index = SinglePrefilter(dim, kind=kind, flat_max=FLAT_MAX_VECTORS, large_kind="ivf", nprobe=32, lists_per_sqrt=2.0)
+        self.page_ids = np.zeros(0, dtype=np.int64)
+        self.counts = np.zeros(0, dtype=np.int64)
+
+    @property
+    def dim(self) -> int:
+        return self.index.dim
+
+    def __len__(self) -> int:
+        return len(self.page_ids)
+
+    def live_ids(self) -> np.ndarray:
+        return self.page_ids
+
+    # -- mutation -------------------------------------------------------------------------------
+    def add(self, page_ids: np.ndarray, pages: Sequence[np.ndarray]) -> None:
+        """Pool and index pages whose ids are not held yet."""
+        self.add_batches([(page_ids, pages)])
+
+    def add_batches(self, batches: Iterable[tuple[np.ndarray, Sequence[np.ndarray]]]) -> None:
+        """Pool batch by batch (only one batch of tokens in memory), then index everything in one
+        FAISS add, so a big first sync trains IVF once instead of regrowing it."""
+        all_ids, all_sub, all_vec, all_counts = [], [], [], []
+        for page_ids, pages in batches:
+            ids = np.asarray(page_ids, dtype=np.int64)
+            if len(ids) != len(pages):
+                raise ValueError(f"{len(ids)} page ids but {len(pages)} pages")
+            if np.isin(ids, self.page_ids).any():
+                raise ValueError("some page ids are already in the pooled index; remove them first")
+            vectors, counts = pool_pages(pages, self.m, iterations=self.iterations)
+            all_ids.append(ids), all_counts.append(counts), all_vec.append(vectors)
+            all_sub.append(np.repeat(ids * SLOTS, counts) + _ranks(counts))
+        if not all_ids or sum(len(i) for i in all_ids) == 0:
+            return
+        ids, counts = np.concatenate(all_ids), np.concatenate(all_counts)
+        self.index.add(np.concatenate(all_sub), np.concatenate(all_vec))
+        page_ids = np.concatenate([self.page_ids, ids])
+        order = np.argsort(page_ids, kind="stable")
+        self.page_ids = page_ids[order]
+        self.counts = np.concatenate([self.counts, counts])[order]
+
+    def remove(self, page_ids: np.ndarray) -> None:
+        held = np.isin(self.page_ids, np.asarray(page_ids, dtype=np.int64))
+        if not held.any():
+            return
+        ids, counts = self.page_ids[held], self.counts[held]
+        self.index.remove(np.repeat(ids * SLOTS, counts) + _ranks(counts))
+        self.page_ids, self.counts = self.page_ids[~held], self.counts[~held]
+
+    # -- search ---------------------------------------------------------------------------------
+    def candidates(self, query: np.ndarray, n: int, *, per_token: int = DEFAULT_PER_TOKEN) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``n`` page ids with approximate MaxSim, best first (ties: lower id)."""
+        q = np.atleast_2d(np.asarray(query, dtype=np.float32))
+        if len(self.page_ids) == 0 or len(q) == 0 or n <= 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        sub, sims = self.index.search(q, max(1, int(per_token)))  # [Tq, n'] each, best first
+        found = sub >= 0
+        floor = np.where(found.any(axis=1), np.where(found, sims, np.inf).min(axis=1), 0.0).astype(np.float32)
+        tok = np.broadcast_to(np.arange(len(q))[:, None], sub.shape)[found]
+        pages, inv = np.unique(sub[found] // SLOTS, return_inverse=True)
+        gain = (sims - floor[:, None])[found]
+        # rows are sorted best first, so a (token, page) pair's first occurrence is its max
+        _, first = np.unique(tok * len(pages) + inv, return_index=True)
+        score = np.bincount(inv[first], weights=gain[first], minlength=len(pages)).astype(np.float32)
+        score += np.float32(floor.sum())
+        if len(pages) > n:
+            top = np.argpartition(-score, n - 1)[:n]
+            pages, score = pages[top], score[top]
+        order = np.lexsort((pages, -score))
+        return pages[order], score[order]
+
+    # -- persistence ----------------------------------------------------------------------------
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        meta = {"m": self.m, "iterations": self.iterations}
+        arrays = {f"ix_{k}": v for k, v in self.index.to_arrays().items()}
+        arrays.update({
+            "page_ids": self.page_ids, "counts": self.counts,
+            "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+        })
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "PooledIndex":
+        meta = json.loads(bytes(np.asarray(arrays["meta"], dtype=np.uint8)).decode())
+        self = cls.__new__(cls)
+        self.m, self.iterations = int(meta["m"]), int(meta["iterations"])
+        self.index = SinglePrefilter.from_arrays({k[3:]: v for k, v in arrays.items() if k.startswith("ix_")})
+        self.page_ids = np.array(arrays["page_ids"], dtype=np.int64)
+        self.counts = np.array(arrays["counts"], dtype=np.int64)
+        if (
+            self.page_ids.shape != self.counts.shape
+            or (len(self.page_ids) > 1 and (np.diff(self.page_ids) <= 0).any())
+            or int(self.counts.sum()) != len(self.index)
+        ):
+            raise ValueError("pooled index arrays are inconsistent; rebuild them from the store")
+        return self
+
+
+def _ranks(counts: np.ndarray) -> np.ndarray:
+    """0..c-1 for each count c, concatenated."""
+    total = int(counts.sum())
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    return np.arange(total, dtype=np.int64) - starts
+
+
+__all__ = ["DEFAULT_PER_TOKEN", "PooledIndex", "SLOTS"]
