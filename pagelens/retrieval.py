@@ -23,15 +23,18 @@ A kill at any moment leaves state.json naming a complete generation. A state tha
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from scoring import rank
+from scoring.faiss_io import map_index
 from scoring.pooled import DEFAULT_CLUSTERS, PooledIndex
 from scoring.prefilter import KINDS, SinglePrefilter
 from scoring.source import VectorSource
@@ -42,6 +45,25 @@ MIN_TRAIN_TOKENS = 50_000  # below this the collection is a few pages: rerank co
 TRAIN_SAMPLE_TOKENS = 131_072  # k-means sample: 64 per centroid at the largest codebook
 RETRAIN_GROWTH = 4.0  # retrain the codebook once live tokens exceed 4x those it was trained on
 READ_BATCH_PAGES = 512
+
+
+def _generation_on_disk(directory: Path) -> int:
+    try:
+        return int(json.loads((directory / "state.json").read_text())["generation"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+@contextmanager
+def _exclusive(directory: Path):
+    """One process at a time changes the derived structures (readers may sync too)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -113,10 +135,11 @@ class Retriever:
             gen_dir = self.directory / f"gen-{state['generation']:08d}"
             arrays = {}
             for name, size in state["files"].items():
-                path = gen_dir / f"{name}.npy"
+                path = gen_dir / (f"{name}.faiss" if name.endswith("faiss") else f"{name}.npy")
                 if path.stat().st_size != size:
                     raise ValueError(f"{path} is truncated")
-                arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
+                # memory maps: opening costs milliseconds whatever the size; copies happen on change
+                arrays[name] = map_index(path) if name.endswith("faiss") else np.load(path, mmap_mode="r", allow_pickle=False)
             pf = SinglePrefilter.from_arrays({k[3:]: v for k, v in arrays.items() if k.startswith("pf_")})
             tok_arrays = {k[4:]: v for k, v in arrays.items() if k.startswith("tok_")}
             tokens = TokenIndex.from_arrays(tok_arrays) if tok_arrays else None
@@ -130,6 +153,7 @@ class Retriever:
                 raise ValueError("pooled index does not match the state")
         except (OSError, ValueError, KeyError, TypeError, RuntimeError, json.JSONDecodeError):
             self._reset()  # derived data is rebuildable: the next sync() starts from the source
+            self._generation = max(self._generation, _generation_on_disk(self.directory))
             return
         self.single_dim = int(state["single_dim"])
         self.prefilter, self.tokens, self.pooled, self.included = pf, tokens, pooled, included
@@ -153,9 +177,13 @@ class Retriever:
             arrays.update({f"tok_{k}": v for k, v in self.tokens.to_arrays().items()})
         files = {}
         for name, arr in arrays.items():
-            path = tmp / f"{name}.npy"
+            # FAISS indexes go in their own raw files so readers can memory-map them
+            path = tmp / (f"{name}.faiss" if name.endswith("faiss") else f"{name}.npy")
             with open(path, "wb") as fh:
-                np.save(fh, np.ascontiguousarray(arr), allow_pickle=False)
+                if name.endswith("faiss"):
+                    fh.write(memoryview(np.ascontiguousarray(arr, dtype=np.uint8)))
+                else:
+                    np.save(fh, np.ascontiguousarray(arr), allow_pickle=False)
                 fh.flush()
                 os.fsync(fh.fileno())
             files[name] = path.stat().st_size
@@ -186,13 +214,28 @@ class Retriever:
                 shutil.rmtree(old, ignore_errors=True)
 
     # -- sync -----------------------------------------------------------------------------------
+    def _reload_if_newer(self) -> None:
+        """Another process (the writer) saved a newer generation: map it instead of redoing its work."""
+        if _generation_on_disk(self.directory) != self._generation:
+            self._reset()
+            self._load()
+
     def sync(self) -> bool:
         """Bring the derived structures in step with ``source.live_page_ids()`` and persist them.
         Returns whether anything changed. Reads only the added pages' vectors, except when the
         codebook is (re)trained, which reads every live page once."""
+        self._reload_if_newer()
         live = np.asarray(self.source.live_page_ids(), dtype=np.int64)
         if np.array_equal(live, self.included):
             return False
+        with _exclusive(self.directory):
+            self._reload_if_newer()  # someone may have saved while we waited for the lock
+            if np.array_equal(live, self.included):
+                return False
+            self._apply(live)
+        return True
+
+    def _apply(self, live: np.ndarray) -> None:
         removed = np.setdiff1d(self.included, live, assume_unique=True)
         added = np.setdiff1d(live, self.included, assume_unique=True)
         if len(removed):
@@ -210,7 +253,6 @@ class Retriever:
         if self.token_codebook:
             self._maybe_train(live)
         self._save()
-        return True
 
     def _read_multi(self, batch: np.ndarray) -> list[np.ndarray]:
         """One read of a batch's tokens, shared by the pooled index and the codebook lists."""
@@ -223,9 +265,10 @@ class Retriever:
         """First search asking for "tokens": train the codebook now and keep it from then on."""
         self.token_codebook = True
         if self.tokens is None and len(self.included):
-            self._maybe_train(self.included)
-            if self.tokens is not None:
-                self._save()
+            with _exclusive(self.directory):
+                self._maybe_train(self.included)
+                if self.tokens is not None:
+                    self._save()
 
     def _live_tokens(self, live: np.ndarray, stop_at: int) -> int:
         total = 0

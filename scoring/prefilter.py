@@ -18,6 +18,8 @@ import json
 import faiss
 import numpy as np
 
+from scoring.faiss_io import index_from_bytes, index_to_bytes, owned_copy
+
 AUTO_FLAT_MAX = 20_000
 REBUILD_DEAD_FRACTION = 0.2
 HNSW_M = 32
@@ -58,6 +60,7 @@ class SinglePrefilter:
         self._index = self._empty(self._resolve(0))
         self._dead = np.zeros(0, dtype=np.int64)  # sorted; only ever non-empty for hnsw
         self._trained_at = 0  # collection size the IVF quantiser was trained on
+        self._mapped = False  # loaded over a read-only memory map: copy before any change
 
     # -- structure -------------------------------------------------------------------------
     def _resolve(self, n: int) -> str:
@@ -123,9 +126,14 @@ class SinglePrefilter:
             self._trained_at = len(ids)
         if len(ids):
             index.add_with_ids(vectors, ids)
-        self._index, self._dead = index, np.zeros(0, dtype=np.int64)
+        self._index, self._dead, self._mapped = index, np.zeros(0, dtype=np.int64), False
 
     # -- mutation --------------------------------------------------------------------------
+    def _own(self) -> None:
+        """FAISS aborts the process when a memory-mapped index is modified: copy it first."""
+        if self._mapped:
+            self._index, self._mapped = owned_copy(self._index), False
+
     def add(self, page_ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add pages (ids not already held); vectors [n, D>=dim] are truncated to ``dim``."""
         ids = np.asarray(page_ids, dtype=np.int64)
@@ -138,6 +146,7 @@ class SinglePrefilter:
             keep = self.ids()
             self._rebuild(np.concatenate([keep, ids]), np.concatenate([self._vectors(keep), v]))
             return
+        self._own()
         self._index.add_with_ids(v, ids)
 
     def remove(self, page_ids: np.ndarray) -> None:
@@ -146,6 +155,7 @@ class SinglePrefilter:
             return
         if self.current_kind != "hnsw":
             # IVF's hashtable direct map only accepts an IDSelectorArray
+            self._own()
             self._index.remove_ids(faiss.IDSelectorArray(ids))
             return
         ids = ids[np.isin(ids, self._all_ids())]
@@ -183,19 +193,25 @@ class SinglePrefilter:
             "flat_max": self.flat_max, "large_kind": self.large_kind, "lists_per_sqrt": self.lists_per_sqrt,
         }
         return {
-            "faiss": faiss.serialize_index(self._index),
+            "faiss": index_to_bytes(self._index),
             "dead": self._dead.copy(),
             "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
         }
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "SinglePrefilter":
+    def from_arrays(cls, arrays: dict) -> "SinglePrefilter":
+        """``arrays["faiss"]`` is the serialised index, or an index already opened with
+        ``faiss_io.map_index`` (then it is copied only if this prefilter is ever modified)."""
         meta = json.loads(bytes(np.asarray(arrays["meta"], dtype=np.uint8)).decode())
         self = cls(
             meta["dim"], kind=meta["kind"], nprobe=meta["nprobe"], flat_max=meta.get("flat_max"),
             large_kind=meta.get("large_kind", "hnsw"), lists_per_sqrt=meta.get("lists_per_sqrt", 4.0),
         )
-        self._index = faiss.deserialize_index(np.ascontiguousarray(arrays["faiss"], dtype=np.uint8))
+        stored = arrays["faiss"]
+        if isinstance(stored, faiss.Index):  # opened by the caller over a memory map
+            self._index, self._mapped = stored, True
+        else:
+            self._index = index_from_bytes(stored)
         self._dead = np.asarray(arrays["dead"], dtype=np.int64).copy()
         self._trained_at = int(meta["trained_at"])
         if self._index.d != self.dim:

@@ -2,8 +2,8 @@
 
 Generators: "single" (FAISS over single vectors, ``prefilter.py``), "pooled" (FAISS over each
 page's k-means-pooled token vectors, ``pooled.py``) and "tokens" (global-codebook centroid probes,
-``tokens.py``). With several, each proposes K pages and the shortlist is their reciprocal-rank
-fusion cut to K, so K is the number of pages MaxSim reranks whatever is chosen.
+``tokens.py``). With several, the shortlist is a union: the first generator's top K pages plus
+the top K/4 of each other one (``union_with_quotas``), so MaxSim reranks at most K * (1 + (g-1)/4).
 
 Defaults, from ``benchmarks/search.py`` on synthetic jina-v4-like collections (750 tokens/page,
 20-30 queries, 2-core CPU shared with other jobs, so latencies are noisy):
@@ -37,7 +37,6 @@ GENERATORS = ("single", "tokens", "pooled")
 DEFAULT_GENERATORS = ("pooled", "single")
 DEFAULT_CANDIDATES = 100
 DEFAULT_NPROBE = 4
-RRF_K = 60
 EXHAUSTIVE_BLOCK_PAGES = 1024
 
 Hits = list[tuple[int, float]]
@@ -49,19 +48,6 @@ def check_generators(generators: Sequence[str] | None) -> tuple[str, ...]:
     if bad or not gens:
         raise ValueError(f"unknown candidate generators {bad or gens!r}; choose from {list(GENERATORS)}")
     return gens
-
-
-def fuse(rankings: Sequence[np.ndarray], limit: int) -> np.ndarray:
-    """Reciprocal-rank fusion of ranked id arrays, first ``limit`` ids (ties: lower id)."""
-    rankings = [np.asarray(r, dtype=np.int64) for r in rankings if len(r)]
-    if not rankings:
-        return np.zeros(0, dtype=np.int64)
-    ids = np.concatenate(rankings)
-    weights = np.concatenate([1.0 / (RRF_K + 1 + np.arange(len(r))) for r in rankings])
-    uniq, inv = np.unique(ids, return_inverse=True)
-    score = np.bincount(inv, weights=weights)
-    order = np.lexsort((uniq, -score))
-    return uniq[order[:limit]]
 
 
 def top_k(page_ids: np.ndarray, scores: np.ndarray, k: int) -> Hits:
@@ -101,7 +87,7 @@ def shortlist(
     pooled: PooledIndex | None = None,
     per_token: int = DEFAULT_PER_TOKEN,
 ) -> np.ndarray:
-    """Up to ``candidates`` live page ids from the chosen generators (fused when several).
+    """Live page ids from the chosen generators (a union with quotas when several).
     A generator whose structure is missing (no codebook yet, no single vector) is skipped."""
     rankings = []
     for gen in check_generators(generators):
@@ -114,7 +100,25 @@ def shortlist(
         elif gen == "pooled" and pooled is not None:
             ids, _ = pooled.candidates(query_multi, candidates, per_token=per_token)
             rankings.append(live_subset(ids, live_ids))
-    return fuse(rankings, candidates)
+    return union_with_quotas(rankings, candidates)
+
+
+def union_with_quotas(rankings: Sequence[np.ndarray], candidates: int) -> np.ndarray:
+    """The first generator's top ``candidates`` pages plus each other generator's top quarter of
+    that, as one set; topped up from the others' next pages while it holds fewer than
+    ``candidates`` (a generator may return fewer pages than asked). Unlike a fused cut to K, the
+    main generator keeps all of its K slots: at 100k pages RRF-fusing pooled with single at K=100
+    lost 2.5 points of recall@10 against pooled alone; the others add the pages only they find."""
+    rankings = [np.asarray(r, dtype=np.int64) for r in rankings]
+    quota = [candidates if i == 0 else max(1, candidates // 4) for i in range(len(rankings))]
+    chosen = [r[:q] for r, q in zip(rankings, quota)]
+    shortlist = np.unique(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+    if len(shortlist) < candidates:
+        rest = np.concatenate([r[q:] for r, q in zip(rankings, quota)] or [np.zeros(0, np.int64)])
+        rest = rest[~np.isin(rest, shortlist)]
+        _, first = np.unique(rest, return_index=True)
+        shortlist = np.union1d(shortlist, rest[np.sort(first)][: candidates - len(shortlist)])
+    return shortlist
 
 
 def rerank(source: VectorSource, query_multi: np.ndarray, page_ids: np.ndarray, k: int, *, device: str = "cpu") -> Hits:
@@ -187,5 +191,5 @@ def search(
 
 __all__ = [
     "DEFAULT_CANDIDATES", "DEFAULT_GENERATORS", "DEFAULT_NPROBE", "DEFAULT_PER_TOKEN", "EMPTY_PAGE_SCORE", "GENERATORS",
-    "Hits", "check_generators", "exhaustive", "fuse", "live_subset", "rerank", "search", "shortlist", "top_k",
+    "Hits", "check_generators", "exhaustive", "live_subset", "rerank", "search", "shortlist", "top_k", "union_with_quotas",
 ]

@@ -26,7 +26,7 @@ from typing import Sequence
 import faiss
 import numpy as np
 
-from scoring.kmeans import spherical_kmeans
+from scoring.faiss_io import spherical_kmeans
 
 DEFAULT_NPROBE = 4
 MIN_CENTROIDS = 64

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = """
 import numpy as np, pymupdf
 doc = pymupdf.open(); page = doc.new_page(); page.insert_text((50, 50), "x"); page.get_pixmap(dpi=72)
-from scoring.kmeans import spherical_kmeans
+from scoring.faiss_io import spherical_kmeans
 from scoring.prefilter import SinglePrefilter
 x = np.random.default_rng(0).standard_normal((4000, 16)).astype(np.float32)
 c = spherical_kmeans(x, 32, niter=4)
