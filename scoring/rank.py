@@ -35,7 +35,7 @@ from scoring.tokens import TokenIndex
 
 GENERATORS = ("single", "tokens", "pooled")
 DEFAULT_GENERATORS = ("pooled", "single")
-DEFAULT_CANDIDATES = 100
+DEFAULT_CANDIDATES = 150
 DEFAULT_NPROBE = 4
 EXHAUSTIVE_BLOCK_PAGES = 1024
 
