@@ -220,7 +220,13 @@ def run_size(root: Path, world: World, n_pages: int, tokens: int, args, peak: fl
     t0 = time.perf_counter()
     padded = maxsim_padded(m, pages)
     pad_s = time.perf_counter() - t0
-    assert np.allclose(ours, padded, atol=1e-2)
+    differ = np.flatnonzero(~np.isclose(ours, padded, atol=1e-2))
+    for i in differ:  # ours must be the exact value wherever the two disagree
+        exact = (m @ np.asarray(pages[i], dtype=np.float32).T).max(axis=1).sum()
+        assert abs(exact - ours[i]) < 1e-2, (i, exact, ours[i], padded[i])
+    if len(differ):
+        print(f"padded baseline wrong on {len(differ)} of {len(pages)} pages: its zero padding outscores a query"
+              " token whose every real dot product is negative (ours checked exact there)")
     print(f"exact MaxSim over {len(subset)} pages: {flops / ours_s / 1e9:.1f} GFLOP/s ({100 * flops / ours_s / 1e9 / peak:.0f}% of"
           f" sgemm peak {peak:.0f}) | padded baseline {flops / pad_s / 1e9:.1f} GFLOP/s | ours/padded {pad_s / ours_s:.2f}x"
           f"   [target >= 1x: {_verdict(pad_s >= ours_s)}]")

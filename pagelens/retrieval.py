@@ -33,6 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
+from indexer.shards import atomic_write_json, fsync_dir
 from scoring import rank
 from scoring.faiss_io import map_index
 from scoring.pooled import DEFAULT_CLUSTERS, PooledIndex
@@ -62,14 +63,6 @@ def _exclusive(directory: Path):
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -187,9 +180,9 @@ class Retriever:
                 fh.flush()
                 os.fsync(fh.fileno())
             files[name] = path.stat().st_size
-        _fsync_dir(tmp)
+        fsync_dir(str(tmp))
         os.replace(tmp, final)
-        _fsync_dir(self.directory)
+        fsync_dir(str(self.directory))
         state = {
             "format": FORMAT,
             "generation": generation,
@@ -201,13 +194,7 @@ class Retriever:
             "pages": int(len(self.included)),
             "files": files,
         }
-        state_tmp = self.directory / "state.json.tmp"
-        with open(state_tmp, "w") as fh:
-            fh.write(json.dumps(state, indent=1))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(state_tmp, self.directory / "state.json")
-        _fsync_dir(self.directory)
+        atomic_write_json(str(self.directory / "state.json"), state)
         self._generation = generation
         for old in self.directory.glob("gen-*"):
             if old.name != final.name:

@@ -5,19 +5,19 @@ page's k-means-pooled token vectors, ``pooled.py``) and "tokens" (global-codeboo
 ``tokens.py``). With several, the shortlist is a union: the first generator's top K pages plus
 the top K/4 of each other one (``union_with_quotas``), so MaxSim reranks at most K * (1 + (g-1)/4).
 
-Defaults, from ``benchmarks/search.py`` on synthetic jina-v4-like collections (750 tokens/page,
-20-30 queries, 2-core CPU shared with other jobs, so latencies are noisy):
-- recall@10 against exhaustive MaxSim at 1k / 10k pages:
-  single K=100 0.58 / 0.62, K=200 0.71 / 0.64 (mean pooling dilutes small regions);
-  tokens nprobe 4 K=200 1.000 / 0.927 (2048 centroids shared by many pages: scores tie);
-  single+tokens K=200 1.000 / 0.900 (the previous default);
-  pooled (m=16) K=100 n'=64 or 256: 1.000 / 1.000; pooled+single K=100 n'=256: 1.000 / 1.000,
-  p50 10 / 60 ms (10k: flat scan of 160k pooled vectors; IVF above 200k vectors).
-- generators pooled + single, fused: pooled carries the recall; single costs ~1 ms and keeps
-  pages that match in aggregate through the mean. "tokens" stays selectable, built on first use.
-- K = 100: the smallest measured K with recall@10 1.000 at 1k and 10k.
-- n' (per_token) = 256 neighbours per query token: 64 already reached 1.000; 256 is margin for
-  larger collections at ~2 ms more.
+Defaults, from ``benchmarks/search.py`` (synthetic jina-v4-like collections, 30 queries, recall@10
+against exhaustive MaxSim; 2-core CPU; full tables in README.md):
+- single alone: 0.52-0.71 at every size and K (a page mean dilutes a small matching region);
+  tokens (global codebook, nprobe 4) K=200: 0.997 at 1k but 0.90-0.93 at 10k (2048 centroids
+  shared by many pages tie), and building the codebook dominates sync time: selectable only;
+  pooled: 1.000 at 1k-10k for K >= 100, and at 100k pages (192 tokens) 0.960 / 0.977 / 0.987 at
+  K = 100 / 150 / 200 with n'=256, where pooled+single gave 0.970 / 0.983 / 0.990.
+- n' = 512 neighbours per query token: at 100k, K=150 went from 0.983 (n'=256) to 0.990 for ~1 ms;
+  2048 gained nothing more. Rescoring phase-1 pages on all of their pooled vectors (PLAID's
+  centroid interaction) was tried and gained nothing either: the misses are tokens far from
+  their cluster mean, which only the exact rerank sees.
+- K = 200: recall@10 0.997 at 100k pages with n'=512, p50 about 19 ms on 2 cores; 1.000 below.
+- generators pooled + single: pooled carries the recall; single adds its top K/4 for ~1 ms.
 - m = 16 pooled vectors per page (``pooling.DEFAULT_CLUSTERS``): 8 merges small regions more often.
 """
 
@@ -35,7 +35,7 @@ from scoring.tokens import TokenIndex
 
 GENERATORS = ("single", "tokens", "pooled")
 DEFAULT_GENERATORS = ("pooled", "single")
-DEFAULT_CANDIDATES = 150
+DEFAULT_CANDIDATES = 200
 DEFAULT_NPROBE = 4
 EXHAUSTIVE_BLOCK_PAGES = 1024
 
