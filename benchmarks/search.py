@@ -211,15 +211,17 @@ def run_size(root: Path, world: World, n_pages: int, tokens: int, args, peak: fl
     # exact MaxSim over a given set vs the padded baseline, same pages, same query
     m = queries[0][0]
     subset = source.live_page_ids()[: min(n_pages, 2000)]
-    pages = source.multi_vectors(subset)
+    # in RAM, so the comparison measures the two scorers, not the page cache; best of 3, alternating
+    pages = [np.array(p) for p in source.multi_vectors(subset)]
     flops = maxsim_flops(len(m), int(sum(len(p) for p in pages)), MULTI_DIM)
-    maxsim(m, pages)
-    t0 = time.perf_counter()
-    ours = maxsim(m, pages)
-    ours_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    padded = maxsim_padded(m, pages)
-    pad_s = time.perf_counter() - t0
+    ours_s = pad_s = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        ours = maxsim(m, pages)
+        ours_s = min(ours_s, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        padded = maxsim_padded(m, pages)
+        pad_s = min(pad_s, time.perf_counter() - t0)
     differ = np.flatnonzero(~np.isclose(ours, padded, atol=1e-2))
     for i in differ:  # ours must be the exact value wherever the two disagree
         exact = (m @ np.asarray(pages[i], dtype=np.float32).T).max(axis=1).sum()
@@ -227,7 +229,7 @@ def run_size(root: Path, world: World, n_pages: int, tokens: int, args, peak: fl
     if len(differ):
         print(f"padded baseline wrong on {len(differ)} of {len(pages)} pages: its zero padding outscores a query"
               " token whose every real dot product is negative (ours checked exact there)")
-    print(f"exact MaxSim over {len(subset)} pages: {flops / ours_s / 1e9:.1f} GFLOP/s ({100 * flops / ours_s / 1e9 / peak:.0f}% of"
+    print(f"exact MaxSim over {len(subset)} pages in RAM (best of 3): {flops / ours_s / 1e9:.1f} GFLOP/s ({100 * flops / ours_s / 1e9 / peak:.0f}% of"
           f" sgemm peak {peak:.0f}) | padded baseline {flops / pad_s / 1e9:.1f} GFLOP/s | ours/padded {pad_s / ours_s:.2f}x"
           f"   [target >= 1x: {_verdict(pad_s >= ours_s)}]")
     if n_pages <= args.padded_whole_max:
