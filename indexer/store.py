@@ -67,8 +67,10 @@ class Store:
     # --- opening ---------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, directory, *, identity: dict | None, single_dim: int, multi_dim: int) -> "Store":
-        """A new, empty index. ``identity`` None makes a bring-your-own-embeddings index (no model)."""
+    def create(cls, directory, *, identity: dict | None, single_dim: int, multi_dim: int,
+               settings: dict | None = None) -> "Store":
+        """A new, empty index. ``identity`` None makes a bring-your-own-embeddings index (no model).
+        ``settings`` (JSON) are kept in the manifest for the layers above, e.g. the search width."""
         directory = absolute(directory)
         os.makedirs(directory, exist_ok=True)
         if os.path.exists(os.path.join(directory, MANIFEST_NAME)):
@@ -78,8 +80,8 @@ class Store:
         if stray:
             raise IndexExistsError(f"{display_path(directory)} is not empty (holds {stray[:3]})",
                                    "create the index in an empty or new directory")
-        if identity is not None:
-            json.dumps(identity)  # must be JSON-serialisable: fail before anything is written
+        if identity is not None or settings:
+            json.dumps([identity, settings])  # must be JSON-serialisable: fail before anything is written
         lock_fd = take_lock(directory)
         try:
             for sub in (SHARD_DIR, DERIVED_DIR):
@@ -87,7 +89,8 @@ class Store:
             db = cat.connect(os.path.join(directory, cat.CATALOGUE_NAME), writable=True)
             cat.migrate(db)
             manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "identity": identity,
-                        "single_dim": int(single_dim), "multi_dim": int(multi_dim), "created_at": time.time()}
+                        "single_dim": int(single_dim), "multi_dim": int(multi_dim), "created_at": time.time(),
+                        "settings": dict(settings or {})}
             with cat.transaction(db):
                 for key in ("identity", "single_dim", "multi_dim", "format_version"):
                     cat.set_meta(db, key, json.dumps(manifest[key]))
@@ -169,6 +172,11 @@ class Store:
     @property
     def identity(self) -> dict | None:
         return self._manifest["identity"]
+
+    @property
+    def settings(self) -> dict:
+        """Creation-time settings of the layers above (e.g. the search width), from the manifest."""
+        return dict(self._manifest.get("settings") or {})
 
     @property
     def format_version(self) -> int:

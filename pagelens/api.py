@@ -70,12 +70,18 @@ class Index:
         max_pixels: int | None = None,
         single_dim: int | None = None,
         multi_dim: int | None = None,
+        search_dim: int | None = None,
+        prefilter: str = "auto",
     ) -> "Index":
         """Create a new, empty index.
 
         Give an ``encoder`` (from `pagelens.load_encoder`) or a ``model`` id/folder to embed pages
         here; or neither, with ``single_dim`` and ``multi_dim``, for an index that stores embeddings
         made elsewhere (`add_embeddings`, `search_embedding`).
+
+        ``search_dim`` is the Matryoshka width of the single-vector FAISS index (default: full; the
+        stored vectors stay full width). ``prefilter`` is its kind: "auto" (exact below 5k pages,
+        HNSW above), "flat", "hnsw" or "ivf". Both are fixed at creation.
         """
         directory = Path(directory)
         if _is_index_dir(directory):
@@ -95,7 +101,20 @@ class Index:
                     "Pass model=... (or encoder=...) to embed pages, or both dimensions to bring your own embeddings.",
                 )
             identity = None
-        store = _store_module().Store.create(directory, identity=identity, single_dim=single_dim, multi_dim=multi_dim)
+        allowed = tuple(getattr(encoder, "matryoshka_dims", ()) or ()) or None
+        if search_dim is not None and (
+            search_dim < 1 or search_dim > single_dim or (allowed and search_dim not in allowed)
+        ):
+            raise PagelensError(
+                f"search_dim {search_dim} is not usable with {single_dim}-d single vectors",
+                f"Choose one of {list(allowed)}." if allowed else f"Choose a width from 1 to {single_dim}.",
+            )
+        if prefilter not in ("auto", "flat", "hnsw", "ivf"):
+            raise PagelensError(f"unknown prefilter {prefilter!r}", "Choose auto, flat, hnsw or ivf.")
+        settings = {"search_dim": search_dim, "prefilter": prefilter}
+        store = _store_module().Store.create(
+            directory, identity=identity, single_dim=single_dim, multi_dim=multi_dim, settings=settings
+        )
         return cls(directory, store, encoder=encoder, device=device, dtype=dtype)
 
     @classmethod
@@ -136,6 +155,7 @@ class Index:
         device: str | None = None,
         dtype: str | None = None,
         max_pixels: int | None = None,
+        search_dim: int | None = None,
     ) -> "Index":
         """Open the index at ``directory`` for adding, or create it with ``model`` (default jina-v4).
 
@@ -145,7 +165,7 @@ class Index:
         if not _is_index_dir(directory):
             return cls.create(
                 directory, model=model or DEFAULT_MODEL, task=task or "retrieval",
-                device=device, dtype=dtype, max_pixels=max_pixels,
+                device=device, dtype=dtype, max_pixels=max_pixels, search_dim=search_dim,
             )
         index = cls.open(directory, device=device, dtype=dtype, writable=True)
         if model is not None or task is not None or max_pixels is not None:
@@ -293,6 +313,7 @@ class Index:
             bytes_on_disk={**stats.bytes_by_part, "total": stats.total_bytes, "dead (reclaimable)": stats.dead_bytes},
             identity=stats.identity,
             failed_documents=stats.failed_documents,
+            extra={"settings": self._store.settings},
         )
 
     def _retrieval(self):
@@ -301,7 +322,11 @@ class Index:
 
             # exact MaxSim follows the model onto the GPU; candidate structures stay on the CPU
             device = str(self._device) if self._device and str(self._device).startswith("cuda") else "cpu"
-            self._retriever = Retriever(self.directory / "derived", self._store, device=device)
+            settings = self._store.settings
+            self._retriever = Retriever(
+                self.directory / "derived", self._store, device=device,
+                single_dim=settings.get("search_dim"), prefilter=settings.get("prefilter") or "auto",
+            )
         return self._retriever
 
     def sync(self) -> None:

@@ -103,6 +103,11 @@ def index_command(
     dpi: Optional[int] = typer.Option(None, "--dpi", help="Render resolution for PDF pages (default: the indexer's)."),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Pixel cap per page for the encoder (default: the model's)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Pages per encoder batch."),
+    search_dim: Optional[int] = typer.Option(
+        None, "--search-dim",
+        help="Matryoshka width of the single-vector prefilter (128, 256, 512, 1024; default: full). "
+        "Fixed when the index is created.",
+    ),
     device: Optional[str] = DeviceOption,
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: bf16 on CUDA, fp32 on CPU)."),
     password: Optional[str] = typer.Option(None, "--password", help="Password for encrypted PDFs."),
@@ -114,7 +119,9 @@ def index_command(
     from pagelens.progress import progress_reporter
 
     def work() -> Any:
-        idx = Index.open_or_create(index, model=model, task=task, device=device, dtype=dtype, max_pixels=max_pixels)
+        idx = Index.open_or_create(
+            index, model=model, task=task, device=device, dtype=dtype, max_pixels=max_pixels, search_dim=search_dim
+        )
         with idx, progress_reporter(enabled=not quiet and not as_json) as on_event:
             return idx.add(paths, dpi=dpi, batch_size=batch_size, password=password, on_event=on_event)
 

@@ -121,3 +121,21 @@ def test_a_long_lived_reader_sees_pages_added_since_it_opened(index, docs, tmp_p
     hits = reader.search_embedding(query, k=1)
     assert (hits[0].path, hits[0].page) == (extra, 2)
     reader.close()
+
+
+def test_search_width_is_fixed_at_creation_and_survives_a_rebuild(tmp_path, docs):
+    import shutil
+
+    idx = pagelens.Index.create(tmp_path / "narrow", encoder=FakeEncoder(), search_dim=16, prefilter="flat")
+    idx.add([docs[0]])
+    assert idx._retrieval().single_dim == 16 and idx._retrieval().prefilter.current_kind == "flat"
+    query = _page_embedding(FakeEncoder(), docs[1][1], 2)
+    before = idx.search_embedding(query, k=3)
+    idx.close()
+    shutil.rmtree(tmp_path / "narrow" / "derived")  # derived structures are rebuilt from the store
+    again = pagelens.Index.open(tmp_path / "narrow")
+    assert again.search_embedding(query, k=3) == before
+    assert again._retrieval().single_dim == 16
+    assert again.info().extra["settings"] == {"search_dim": 16, "prefilter": "flat"}
+    with pytest.raises(pagelens.PagelensError, match="search_dim"):
+        pagelens.Index.create(tmp_path / "bad", encoder=FakeEncoder(), search_dim=64)

@@ -124,3 +124,16 @@ def test_a_model_that_is_not_there_is_one_clear_error(tmp_path, monkeypatch):
     assert result.exit_code == 4
     assert "jinaai/jina-embeddings-v4" in result.output and "Hint:" in result.output
     assert not (tmp_path / "idx" / "manifest.json").exists()
+
+
+def test_search_dim_must_be_a_matryoshka_width(tmp_path, tiny):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    make_pdf(docs / "a.pdf", pages=2, seed=8)
+    bad = _invoke("index", str(docs), "--index", str(tmp_path / "bad"), "--model", tiny, "--search-dim", "20")
+    assert bad.exit_code == 4 and "16, 32, 64" in bad.output
+    good = _invoke("index", str(docs), "--index", str(tmp_path / "idx"), "--model", tiny, "--search-dim", "32", "-q")
+    assert good.exit_code == 0
+    info = json.loads(_invoke("info", "--index", str(tmp_path / "idx"), "--json").stdout)
+    assert info["extra"]["settings"]["search_dim"] == 32
+    assert len(json.loads(_invoke("search", "x", "--index", str(tmp_path / "idx"), "--json").stdout)) == 2
