@@ -54,6 +54,7 @@ class Index:
         self._dtype = dtype
         self._retriever = None
         self._dirty = False
+        self._model: str | None = None  # overrides the recorded model location when set
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -123,11 +124,14 @@ class Index:
         directory: str | os.PathLike,
         *,
         encoder: Any = None,
+        model: str | None = None,
         device: str | None = None,
         dtype: str | None = None,
         writable: bool = False,
     ) -> "Index":
-        """Open an existing index. The model loads lazily, on the first call that needs it."""
+        """Open an existing index. The model loads lazily, on the first call that needs it: the
+        one recorded in the index, or ``model`` (the same checkpoint moved to another folder, say;
+        its weights must match the recorded revision)."""
         directory = Path(directory)
         if not _is_index_dir(directory):
             raise IndexNotFoundError(
@@ -136,6 +140,7 @@ class Index:
             )
         store = _store_module().Store.open(directory, writable=writable)
         index = cls(directory, store, device=device, dtype=dtype)
+        index._model = model
         if encoder is not None:
             try:
                 index._check_encoder(encoder, for_adding=writable)
@@ -213,7 +218,7 @@ class Index:
                     "Use add_embeddings() and search_embedding() with embeddings made elsewhere.",
                 )
             encoder = _load_encoder(
-                identity["model"],
+                self._model or identity["model"],
                 task=identity["task"],
                 device=self._device,
                 dtype=self._dtype,

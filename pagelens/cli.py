@@ -162,6 +162,10 @@ def search_command(
     k: int = typer.Option(10, "-k", "--k", help="Number of pages to return."),
     candidates: Optional[int] = typer.Option(None, "--candidates", help="Shortlist size reranked by exact MaxSim (default: tuned)."),
     exhaustive: bool = typer.Option(False, "--exhaustive", help="Score every page by exact MaxSim (slow; ground truth)."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", envvar="PAGELENS_MODEL",
+        help="Where the index's model is now, if it moved (default: the location recorded in the index).",
+    ),
     device: Optional[str] = DeviceOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -169,7 +173,7 @@ def search_command(
     from pagelens.api import Index
 
     def work() -> Any:
-        with Index.open(index, device=device) as idx:
+        with Index.open(index, model=model, device=device) as idx:
             return idx.search(query, k=k, candidates=candidates, exhaustive=exhaustive)
 
     hits = _run(work)

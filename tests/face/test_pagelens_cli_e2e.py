@@ -137,3 +137,22 @@ def test_search_dim_must_be_a_matryoshka_width(tmp_path, tiny):
     info = json.loads(_invoke("info", "--index", str(tmp_path / "idx"), "--json").stdout)
     assert info["extra"]["settings"]["search_dim"] == 32
     assert len(json.loads(_invoke("search", "x", "--index", str(tmp_path / "idx"), "--json").stdout)) == 2
+
+
+def test_a_moved_model_folder_is_found_with_model(tmp_path):
+    import shutil
+
+    original = write_tiny_checkpoint(tmp_path / "models" / "jina-tiny")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    make_pdf(docs / "a.pdf", pages=2, seed=3)
+    index = str(tmp_path / "idx")
+    assert _invoke("index", str(docs), "--index", index, "--model", str(original), "-q").exit_code == 0
+    moved = shutil.move(str(original), str(tmp_path / "elsewhere"))
+    lost = _invoke("search", "q", "--index", index, "--json")
+    assert lost.exit_code == 4 and "does not exist" in lost.output
+    found = _invoke("search", "q", "--index", index, "--model", moved, "--json")
+    assert found.exit_code == 0 and len(json.loads(found.stdout)) == 2
+    other = write_tiny_checkpoint(tmp_path / "other", seed=1)  # different weights: refused
+    refused = _invoke("search", "q", "--index", index, "--model", str(other))
+    assert refused.exit_code == 4 and "revision" in refused.output
