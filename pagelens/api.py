@@ -263,8 +263,7 @@ class Index:
         from indexer.pipeline import index_paths  # noqa: PLC0415
 
         store = self._writable()
-        encoder = self.encoder
-        store.check_identity(dict(encoder.identity))
+        encoder = self.encoder  # index_paths refuses an encoder whose identity differs from the index's
         kwargs: dict[str, Any] = {"batch_size": batch_size, "password": password, "on_event": on_event}
         if dpi is not None:
             kwargs["dpi"] = dpi
