@@ -95,10 +95,10 @@ def index_command(
         "-m",
         envvar="PAGELENS_MODEL",
         help="Hugging Face repo id (from the local cache) or a local checkpoint folder "
-        "[default: jinaai/jina-embeddings-v4 for a new index, the index's own model otherwise].",
+        "(default: jinaai/jina-embeddings-v4 for a new index, the index's own model otherwise).",
     ),
     task: Optional[str] = typer.Option(
-        None, "--task", help="LoRA task adapter: retrieval, text-matching or code [default: retrieval]."
+        None, "--task", help="LoRA task adapter: retrieval, text-matching or code (default: retrieval)."
     ),
     dpi: Optional[int] = typer.Option(None, "--dpi", help="Render resolution for PDF pages (default: the indexer's)."),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Pixel cap per page for the encoder (default: the model's)."),
@@ -160,7 +160,8 @@ def search_command(
     query: str = typer.Argument(..., help="What you are looking for, in any language."),
     index: Path = IndexOption,
     k: int = typer.Option(10, "-k", "--k", help="Number of pages to return."),
-    candidates: Optional[int] = typer.Option(None, "--candidates", help="Shortlist size reranked by exact MaxSim (default: tuned)."),
+    candidates: Optional[int] = typer.Option(None, "--candidates", help="Pages the pooled-token stage proposes for the exact MaxSim rerank; the single-vector "
+        "stage adds a quarter as many (default: 200).",),
     exhaustive: bool = typer.Option(False, "--exhaustive", help="Score every page by exact MaxSim (slow; ground truth)."),
     model: Optional[str] = typer.Option(
         None, "--model", "-m", envvar="PAGELENS_MODEL",
