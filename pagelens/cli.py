@@ -100,7 +100,7 @@ def index_command(
     task: Optional[str] = typer.Option(
         None, "--task", help="LoRA task adapter: retrieval, text-matching or code (default: retrieval)."
     ),
-    dpi: Optional[int] = typer.Option(None, "--dpi", help="Render resolution for PDF pages (default: the indexer's)."),
+    dpi: Optional[int] = typer.Option(None, "--dpi", help="Render resolution for PDF pages (default: 144; the encoder's pixel cap still applies)."),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Pixel cap per page for the encoder (default: the model's)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Pages per encoder batch."),
     search_dim: Optional[int] = typer.Option(
