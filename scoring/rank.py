@@ -8,7 +8,7 @@ the top K/4 of each other one (``union_with_quotas``), so MaxSim reranks at most
 Defaults, from ``benchmarks/search.py`` (synthetic jina-v4-like collections, 30 queries, recall@10
 against exhaustive MaxSim; 2-core CPU; full tables in README.md):
 - single alone: 0.52-0.71 at every size and K (a page mean dilutes a small matching region);
-  tokens (global codebook, nprobe 4) K=200: 0.997 at 1k but 0.90-0.93 at 10k (2048 centroids
+  tokens (global codebook, nprobe 4) K=200: 0.997 at 1k but 0.927 at 10k (2048 centroids
   shared by many pages tie), and building the codebook dominates sync time: selectable only;
   pooled: 1.000 at 1k-10k for K >= 100, and at 100k pages (192 tokens) 0.960 / 0.977 / 0.987 at
   K = 100 / 150 / 200 with n'=256, where pooled+single gave 0.970 / 0.983 / 0.990.
