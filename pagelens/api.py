@@ -341,7 +341,6 @@ class Index:
         self._retrieval().sync()
         self._dirty = False
 
-
     def search(self, query: str, *, k: int = 10, candidates: int | None = None, exhaustive: bool = False) -> list[Hit]:
         """Find the k pages that best answer ``query``, best first."""
         return self.search_batch([query], k=k, candidates=candidates, exhaustive=exhaustive)[0]

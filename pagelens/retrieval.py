@@ -211,8 +211,10 @@ class Retriever:
         """Bring the derived structures in step with ``source.live_page_ids()`` and persist them.
         Returns whether anything changed. Reads only the added pages' vectors, except when the
         codebook is (re)trained, which reads every live page once."""
-        self._reload_if_newer()
         live = np.asarray(self.source.live_page_ids(), dtype=np.int64)
+        if np.array_equal(live, self.included):
+            return False  # the common case on every search: no file is read
+        self._reload_if_newer()  # the writer may already have saved a generation holding these pages
         if np.array_equal(live, self.included):
             return False
         with _exclusive(self.directory):
