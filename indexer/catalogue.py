@@ -6,11 +6,13 @@ records it. The database runs in WAL mode so readers see a committed snapshot wh
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
+import urllib.parse
 from typing import Callable
 
-from indexer.errors import IndexFormatError
+from indexer.errors import CorruptIndexError, IndexFormatError
 
 CATALOGUE_NAME = "catalogue.sqlite"
 
@@ -68,21 +70,67 @@ def _m1_initial(db: sqlite3.Connection) -> None:
     )
 
 
+def _m2_partial_documents(db: sqlite3.Connection) -> None:
+    # A long document commits in chunks; until its last page is in, complete = 0 and searches skip it.
+    db.executescript("ALTER TABLE documents ADD COLUMN complete INTEGER NOT NULL DEFAULT 1;")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (1, "initial", _m1_initial),
+    (2, "partial documents", _m2_partial_documents),
 ]
+REQUIRED_TABLES = ("meta", "documents", "shards", "pages", "runs")
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
 def connect(path: str, *, writable: bool) -> sqlite3.Connection:
-    """A connection in autocommit mode: transactions are opened explicitly with ``transaction``."""
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
-    db.execute("PRAGMA busy_timeout = 30000")
+    """A connection in autocommit mode: transactions are opened explicitly with ``transaction``.
+
+    Readers open the file read-only (``mode=ro``): a search never writes the catalogue, and works on
+    a full disk. Where SQLite cannot even create its shared-memory file (a read-only file system),
+    the reader falls back to ``immutable=1``: nobody can be writing there."""
     if writable:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        db.execute("PRAGMA busy_timeout = 30000")
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = FULL")  # a commit survives power loss, not only kill -9
-    db.execute("PRAGMA foreign_keys = ON")
-    return db
+        db.execute("PRAGMA foreign_keys = ON")
+        return db
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    last: sqlite3.Error | None = None
+    for suffix in ("", "&immutable=1"):
+        try:
+            db = sqlite3.connect(uri + suffix, uri=True, isolation_level=None, check_same_thread=False, timeout=30.0)
+            db.execute("PRAGMA busy_timeout = 30000")
+            db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # opening is lazy: touch the file now
+            return db
+        except sqlite3.OperationalError as exc:
+            last = exc
+            text = str(exc).lower()
+            if not any(w in text for w in ("unable to open", "readonly", "read-only", "disk", "i/o")):
+                raise
+    assert last is not None
+    raise last
+
+
+def check_schema(db: sqlite3.Connection) -> int:
+    """The catalogue's schema version, after checking that it holds an index at all.
+
+    An empty or foreign database next to a manifest is corruption: it is refused, never
+    re-initialised (which would orphan, and then delete, every shard file)."""
+    version = schema_version(db)
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    missing = [t for t in REQUIRED_TABLES if t not in tables]
+    if version < 1 or missing:
+        raise CorruptIndexError(
+            "catalogue.sqlite holds no pagelens catalogue (empty, or tables missing: "
+            f"{', '.join(missing) or 'schema_migrations'}) although manifest.json says an index was created here",
+            "nothing was changed or deleted; restore catalogue.sqlite from a backup, or index into a new --index folder")
+    if version > SCHEMA_VERSION:
+        raise IndexFormatError(
+            f"the catalogue has schema version {version}; this pagelens knows up to {SCHEMA_VERSION}",
+            "upgrade pagelens to open this index")
+    return version
 
 
 class transaction:
@@ -171,3 +219,78 @@ def get_meta(db: sqlite3.Connection, key: str) -> str | None:
 def set_meta(db: sqlite3.Connection, key: str, value: str) -> None:
     db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                (key, value))
+
+
+# --- the SQL the store's writers use (kept here so store, writer and compaction share one copy) ---
+
+def upsert_document(db: sqlite3.Connection, key: bytes, display: str, size, mtime, sha256, *, status: str,
+                    error: str | None, page_count: int, complete: bool = True) -> tuple[int, int]:
+    """Insert or replace the row for document ``key`` inside the caller's transaction.
+
+    Returns (document id, pages removed). The id of an existing path is kept."""
+    now = time.time()
+    row = db.execute("SELECT id FROM documents WHERE path = ?", (key,)).fetchone()
+    if row is None:
+        cur = db.execute(
+            "INSERT INTO documents (path, display, size, mtime, sha256, page_count, status, error, added_at,"
+            " updated_at, complete) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (key, display, size, mtime, sha256, page_count, status, error, now, now, int(complete)),
+        )
+        return int(cur.lastrowid), 0
+    doc_id = int(row[0])
+    removed = db.execute("DELETE FROM pages WHERE document_id = ?", (doc_id,)).rowcount
+    db.execute(
+        "UPDATE documents SET size = ?, mtime = ?, sha256 = ?, page_count = ?, status = ?, error = ?,"
+        " updated_at = ?, complete = ? WHERE id = ?",
+        (size, mtime, sha256, page_count, status, error, now, int(complete), doc_id),
+    )
+    return doc_id, removed
+
+
+def extend_document(db: sqlite3.Connection, doc_id: int, page_count: int, complete: bool) -> None:
+    """A later chunk of a document that commits in chunks: new page count, complete or not."""
+    db.execute("UPDATE documents SET page_count = ?, complete = ?, updated_at = ? WHERE id = ?",
+               (page_count, int(complete), time.time(), doc_id))
+
+
+_PAGE_INSERT = ("INSERT INTO pages (document_id, page_number, width, height, multi_shard, multi_offset, n_tokens,"
+                " single_shard, single_row, crc32) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def insert_pages(db: sqlite3.Connection, doc_id: int, rows) -> list[int]:
+    """Insert page rows (page_number, width, height, multi_shard, multi_offset, n_tokens, single_shard,
+    single_row, crc32); returns their new page ids in order."""
+    return [int(db.execute(_PAGE_INSERT, (doc_id, *row)).lastrowid) for row in rows]
+
+
+def page_locations_of(db: sqlite3.Connection, doc_id: int) -> list[tuple]:
+    return db.execute("SELECT page_number, width, height, multi_shard, multi_offset, n_tokens, single_shard,"
+                      " single_row, crc32 FROM pages WHERE document_id = ? ORDER BY page_number", (doc_id,)).fetchall()
+
+
+def set_watermark(db: sqlite3.Connection, shard_id: int, rows: int) -> None:
+    db.execute("UPDATE shards SET committed_rows = ? WHERE id = ?", (rows, shard_id))
+
+
+def shard_rows(db: sqlite3.Connection) -> list[tuple]:
+    """(id, kind, file, committed_rows) of every shard."""
+    return db.execute("SELECT id, kind, file, committed_rows FROM shards ORDER BY id").fetchall()
+
+
+def next_shard_id(db: sqlite3.Connection) -> int:
+    """An id no shard row has ever had (AUTOINCREMENT's high-water mark + 1)."""
+    seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'shards'").fetchone()
+    top = db.execute("SELECT COALESCE(MAX(id), 0) FROM shards").fetchone()[0]
+    return max(int(seq[0] if seq else 0), int(top)) + 1
+
+
+def live_shard_bytes(db: sqlite3.Connection, row_bytes: dict) -> dict:
+    """Bytes each shard holds for live pages; copies share bytes, counted once."""
+    live = {}
+    for sid, tokens in db.execute("SELECT multi_shard, SUM(n_tokens) FROM (SELECT DISTINCT multi_shard,"
+                                  " multi_offset, n_tokens FROM pages) GROUP BY multi_shard"):
+        live[sid] = tokens * row_bytes["multi"]
+    for sid, count in db.execute("SELECT single_shard, COUNT(*) FROM (SELECT DISTINCT single_shard,"
+                                 " single_row FROM pages) GROUP BY single_shard"):
+        live[sid] = count * row_bytes["single"]
+    return live

@@ -9,12 +9,15 @@ import os
 from indexer.errors import (
     CorruptIndexError, EncoderMismatchError, IndexFormatError, IndexLockedError, NotAnIndexError,
 )
+from indexer.shards import check_regular_or_absent, open_nofollow
 from indexer.sources import display_path
 
 FORMAT_NAME = "pagelens-index"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = "writer.lock"
+MAX_MANIFEST_BYTES = 1 << 20  # a manifest is a few hundred bytes: a huge one is not ours
+MAX_DIM = 65536
 DERIVED_DIR = "derived"  # reserved for search artefacts (FAISS, token candidates); never touched here
 # The same checkpoint may sit at another path or run on another device or dtype: not a mismatch.
 IGNORED_IDENTITY_KEYS = frozenset({"model", "device", "dtype", "engine"})
@@ -32,25 +35,47 @@ def read_manifest(directory: str) -> dict:
     path = os.path.join(directory, MANIFEST_NAME)
     if not os.path.isdir(directory):
         raise NotAnIndexError(f"{display_path(directory)} does not exist", "create it with `pagelens index`")
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         raise NotAnIndexError(f"{display_path(directory)} is not a pagelens index (no {MANIFEST_NAME})",
                               "check the --index directory, or create an index there with `pagelens index`")
+    check_regular_or_absent(path)
     try:
-        with open(path, encoding="utf-8") as fh:
-            manifest = json.load(fh)
-    except (OSError, ValueError) as exc:
+        fd = open_nofollow(path, os.O_RDONLY)
+        with open(fd, encoding="utf-8") as fh:
+            text = fh.read(MAX_MANIFEST_BYTES + 1)
+        if len(text) > MAX_MANIFEST_BYTES:
+            raise ValueError(f"larger than {MAX_MANIFEST_BYTES} bytes")
+        manifest = json.loads(text)
+    except (OSError, ValueError, RecursionError) as exc:
         raise CorruptIndexError(f"cannot read {MANIFEST_NAME}: {exc}", "restore it from a backup") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise NotAnIndexError(f"{display_path(directory)} is not a pagelens index", "check the --index directory")
-    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+    version = manifest.get("format_version")
+    if not _is_int(version) or version < 1:
+        raise CorruptIndexError(f"{MANIFEST_NAME} has no valid format_version ({version!r})", "restore it from a backup")
+    if version > FORMAT_VERSION:
         raise IndexFormatError(
-            f"the index has format version {manifest['format_version']}; this pagelens reads up to "
-            f"{FORMAT_VERSION}", "upgrade pagelens to open it")
+            f"the index has format version {version}; this pagelens reads up to {FORMAT_VERSION}",
+            "upgrade pagelens to open it")
+    for key in ("single_dim", "multi_dim"):
+        if not _is_int(manifest.get(key)) or not 1 <= manifest[key] <= MAX_DIM:
+            raise CorruptIndexError(f"{MANIFEST_NAME} has an invalid {key} ({manifest.get(key)!r})",
+                                    "restore it from a backup")
+    if manifest.get("identity") is not None and not isinstance(manifest["identity"], dict):
+        raise CorruptIndexError(f"{MANIFEST_NAME} has an invalid identity", "restore it from a backup")
+    if not isinstance(manifest.get("settings") or {}, dict):
+        raise CorruptIndexError(f"{MANIFEST_NAME} has invalid settings", "restore it from a backup")
+    if "index_id" in manifest and not (isinstance(manifest["index_id"], str) and len(manifest["index_id"]) <= 64):
+        raise CorruptIndexError(f"{MANIFEST_NAME} has an invalid index_id", "restore it from a backup")
     return manifest
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def take_lock(directory: str) -> int:
-    fd = os.open(os.path.join(directory, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_nofollow(os.path.join(directory, LOCK_NAME), os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import stat
 import zlib
 
 import numpy as np
@@ -18,10 +20,71 @@ from indexer.errors import CorruptIndexError
 
 SHARD_DIR = "shards"
 DTYPES = {"multi": np.dtype("<f2"), "single": np.dtype("<f4")}
+KINDS = tuple(DTYPES)
+# The only names a shard file can have. Names read from the catalogue are data: one that does not
+# match (an absolute path, "../x", a link) means the index is corrupt or hostile, never a path to use.
+SHARD_NAME = re.compile(r"\A(multi|single)-(\d{6,19})\.(f16|f32)\Z")
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_REPAIR_HINT = "restore the index directory from a backup, or rebuild it by indexing into a new --index folder"
 
 
 def shard_file_name(kind: str, shard_id: int) -> str:
     return f"{kind}-{shard_id:06d}.{'f16' if kind == 'multi' else 'f32'}"
+
+
+def parse_shard_name(name: str) -> tuple[str, int] | None:
+    """(kind, shard id) of a well-formed shard file name, else None."""
+    m = SHARD_NAME.match(name) if isinstance(name, str) else None
+    if m is None or (m.group(1) == "multi") != (m.group(3) == "f16"):
+        return None
+    return m.group(1), int(m.group(2))
+
+
+def checked_shard_path(shard_dir: str, shard_id, kind, name) -> str:
+    """The path of a shard the catalogue names, after checking that the row is well-formed:
+    ``name`` must be exactly the format's name for (kind, id), and the file, if present, a regular
+    file (not a link) directly inside ``shard_dir``. Raises CorruptIndexError otherwise."""
+    ok = (isinstance(shard_id, int) and not isinstance(shard_id, bool) and shard_id > 0 and kind in KINDS
+          and isinstance(name, str) and name == shard_file_name(kind, shard_id))
+    if not ok:
+        raise CorruptIndexError(
+            f"the catalogue names a shard file {name!r} ({kind!r}, id {shard_id!r}) that is not a pagelens shard name",
+            f"the index may have been tampered with; nothing was touched. {_REPAIR_HINT}")
+    path = os.path.join(shard_dir, name)
+    check_regular_or_absent(path)
+    return path
+
+
+def check_regular_or_absent(path: str) -> None:
+    """An index file must be a plain file if it exists: a link could point anywhere."""
+    _check_entry(path, stat.S_ISREG, "not a regular file", "an index's own files must be plain files")
+
+
+def check_real_directory(path: str) -> None:
+    """An index's own folder (shards/, derived/) must be a real folder, not a link out of the index."""
+    _check_entry(path, stat.S_ISDIR, "not a folder", "an index's own folders must be real folders")
+
+
+def _check_entry(path: str, is_kind, otherwise: str, rule: str) -> None:
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not is_kind(mode):
+        what = "a symbolic link" if stat.S_ISLNK(mode) else otherwise
+        raise CorruptIndexError(f"{os.path.basename(path)} in the index folder is {what}",
+                                f"{rule}; nothing was touched. {_REPAIR_HINT}")
+
+
+def open_nofollow(path: str, flags: int, mode: int = 0o644) -> int:
+    """os.open that refuses to follow a symbolic link at ``path`` (CorruptIndexError)."""
+    try:
+        return os.open(path, flags | _NOFOLLOW, mode)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise CorruptIndexError(f"{os.path.basename(path)} in the index folder is a symbolic link",
+                                    f"nothing was touched. {_REPAIR_HINT}") from None
+        raise exc
 
 
 def row_bytes(kind: str, dim: int) -> int:
@@ -39,7 +102,12 @@ def fsync_dir(path: str) -> None:
 def atomic_write_json(path: str, obj) -> None:
     """tmp -> fsync -> rename -> directory fsync: the file is either the old one or the new one."""
     tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    try:  # a stale tmp (or a planted link) is removed, never written through
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    with open(fd, "w", encoding="utf-8") as fh:
         json.dump(obj, fh, indent=2, sort_keys=True)
         fh.write("\n")
         fh.flush()
@@ -68,8 +136,8 @@ class Appender:
         self.path, self.kind, self.dim, self.shard_id = path, kind, dim, shard_id
         self.row_bytes = row_bytes(kind, dim)
         self.dtype = DTYPES[kind]
-        fresh = not os.path.exists(path)
-        self._fh = open(path, "a+b" if fresh else "r+b")
+        fresh = not os.path.lexists(path)
+        self._fh = open(open_nofollow(path, os.O_RDWR | os.O_CREAT), "r+b")
         if fresh:
             fsync_dir(os.path.dirname(path))
         self.rows = committed_rows
@@ -129,7 +197,7 @@ def cut_torn_tail(path: str, kind: str, dim: int, committed_rows: int) -> int:
             return 0
         raise CorruptIndexError(
             f"shard {os.path.basename(path)} is missing but the catalogue has {committed_rows} committed rows in it",
-            "restore the index directory from a backup or rebuild it with `pagelens index`",
+            _REPAIR_HINT,
         ) from None
     if have < want:
         raise CorruptIndexError(
@@ -137,7 +205,7 @@ def cut_torn_tail(path: str, kind: str, dim: int, committed_rows: int) -> int:
             "the file was truncated outside pagelens; restore it from a backup or rebuild the index",
         )
     if have > want:
-        with open(path, "r+b") as fh:
+        with open(open_nofollow(path, os.O_RDWR), "r+b") as fh:
             fh.truncate(want)
             fh.flush()
             os.fsync(fh.fileno())

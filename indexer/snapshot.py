@@ -14,7 +14,7 @@ import numpy as np
 
 from indexer.catalogue import transaction
 from indexer.errors import CorruptIndexError, PageNotFoundError
-from indexer.shards import SHARD_DIR, map_rows
+from indexer.shards import SHARD_DIR, checked_shard_path, map_rows
 
 
 @dataclass
@@ -58,24 +58,43 @@ _PAGE_COLUMNS = ("page_id", "document_id", "page_number", "multi_shard", "multi_
                  "single_shard", "single_row", "crc32")
 
 
+# Searches see the pages of complete documents only: a long document committing in chunks stays
+# invisible until its last page is in (docs/index-format.md, "Write order").
+_VISIBLE_PAGES = (f"SELECT {', '.join('p.' + c for c in _PAGE_COLUMNS)} FROM pages p JOIN documents d"
+                  " ON d.id = p.document_id WHERE d.status = 'indexed' AND d.complete = 1 ORDER BY p.page_id")
+
+
 def load_snapshot(db: sqlite3.Connection, directory: str, dims: dict[str, int]) -> Snapshot:
     """Read the committed state; retry if a compaction swapped shard files under us."""
+    shard_dir = os.path.join(directory, SHARD_DIR)
     for attempt in range(5):
         with transaction(db, "DEFERRED"):
             shards = db.execute("SELECT id, kind, file, committed_rows FROM shards").fetchall()
-            rows = db.execute(f"SELECT {', '.join(_PAGE_COLUMNS)} FROM pages ORDER BY page_id").fetchall()
+            rows = db.execute(_VISIBLE_PAGES).fetchall()
             paths = {doc_id: os.fsdecode(path) for doc_id, path in
-                     db.execute("SELECT id, path FROM documents WHERE status = 'indexed'")}
+                     db.execute("SELECT id, path FROM documents WHERE status = 'indexed' AND complete = 1")}
+        kinds, committed = {}, {}
+        for sid, kind, name, rows_ in shards:
+            checked_shard_path(shard_dir, sid, kind, name)
+            if not isinstance(rows_, int) or rows_ < 0:
+                raise CorruptIndexError(f"shard {name} has an invalid watermark {rows_!r}",
+                                        "restore the index directory from a backup or rebuild it")
+            kinds[sid], committed[sid] = kind, rows_
         try:
-            maps = {sid: map_rows(os.path.join(directory, SHARD_DIR, name), kind, dims[kind], committed)
-                    for sid, kind, name, committed in shards}
+            maps = {sid: map_rows(os.path.join(shard_dir, name), kind, dims[kind], rows_)
+                    for sid, kind, name, rows_ in shards}
         except FileNotFoundError:
             if attempt == 4:
                 raise CorruptIndexError("a shard file named by the catalogue is missing",
                                         "restore the index directory from a backup or rebuild it") from None
             continue
-        table = np.array(rows, dtype=np.int64).reshape(-1, len(_PAGE_COLUMNS))
+        try:
+            table = np.array(rows, dtype=np.int64).reshape(-1, len(_PAGE_COLUMNS))
+        except (TypeError, ValueError, OverflowError):
+            raise CorruptIndexError("the catalogue's page table holds values that are not integers",
+                                    "restore the index directory from a backup or rebuild it") from None
         cols = {name: np.ascontiguousarray(table[:, i]) for i, name in enumerate(_PAGE_COLUMNS)}
+        _check_locations(cols, kinds, committed)
         return Snapshot(
             page_ids=cols["page_id"], document_ids=cols["document_id"], page_numbers=cols["page_number"],
             multi_shard=cols["multi_shard"], multi_offset=cols["multi_offset"], n_tokens=cols["n_tokens"],
@@ -83,3 +102,33 @@ def load_snapshot(db: sqlite3.Connection, directory: str, dims: dict[str, int]) 
             paths=paths, maps=maps,
         )
     raise AssertionError("unreachable")
+
+
+def _check_locations(cols: dict, kinds: dict, committed: dict) -> None:
+    """Every page must point inside committed rows of a shard of the right kind: a crafted or
+    damaged catalogue must fail here, not read past a map or another page's vectors silently."""
+    if len(cols["page_id"]) == 0:
+        return
+    ids = np.array(sorted(kinds), dtype=np.int64)
+    rows = np.array([committed[i] for i in ids.tolist()], dtype=np.int64)
+    is_multi = np.array([kinds[i] == "multi" for i in ids.tolist()], dtype=bool)
+
+    def lookup(shard_col):
+        pos = np.minimum(np.searchsorted(ids, shard_col), max(len(ids) - 1, 0))
+        known = (ids[pos] == shard_col) if len(ids) else np.zeros(len(shard_col), bool)
+        return pos, known
+
+    m_pos, m_known = lookup(cols["multi_shard"])
+    s_pos, s_known = lookup(cols["single_shard"])
+    n, off, row = cols["n_tokens"], cols["multi_offset"], cols["single_row"]
+    bad = ~m_known | ~s_known
+    if len(ids):
+        bad |= ~is_multi[m_pos] | is_multi[s_pos]
+        bad |= (n < 1) | (off < 0) | (off > rows[m_pos] - n) | (row < 0) | (row >= rows[s_pos])
+    if np.any(np.diff(cols["page_id"]) <= 0):
+        bad[1:] |= np.diff(cols["page_id"]) <= 0
+    if np.any(bad):
+        first = int(cols["page_id"][np.argmax(bad)])
+        raise CorruptIndexError(
+            f"{int(bad.sum())} page row(s) of the catalogue point outside the committed shard data "
+            f"(first: page id {first})", "restore the index directory from a backup or rebuild it")

@@ -9,28 +9,68 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
+import sqlite3
 import time
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from indexer import catalogue as cat
-from indexer.compaction import StoreStats, compact_store, shard_usage, store_stats
-from indexer.errors import CorruptIndexError, IndexExistsError, IndexFormatError, PdfError, ReadOnlyError
+from indexer.compaction import StoreStats, compact_store
+from indexer.errors import CorruptIndexError, IndexExistsError, PdfError, ReadOnlyError
 from indexer.manifest import (
     DERIVED_DIR, FORMAT_NAME, FORMAT_VERSION, LOCK_NAME, MANIFEST_NAME, check_identity, read_manifest,
     take_lock,
 )
 from indexer.shards import (
-    SHARD_DIR, Appender, atomic_write_json, cut_torn_tail, fsync_dir, page_crc, row_bytes, shard_file_name,
+    SHARD_DIR, Appender, atomic_write_json, check_real_directory, check_regular_or_absent, checked_shard_path,
+    cut_torn_tail, fsync_dir, map_rows, page_crc, parse_shard_name, row_bytes, shard_file_name,
 )
 from indexer.snapshot import Snapshot, load_snapshot
 from indexer.sources import SourceFile, absolute, display_path, path_key, read_source
-from indexer.writer import DocumentWriter, as_embedding, upsert_document
+from indexer.writer import DocumentWriter, as_embedding
 
 _OWN_NAMES = {MANIFEST_NAME, LOCK_NAME, DERIVED_DIR, SHARD_DIR, cat.CATALOGUE_NAME,
               cat.CATALOGUE_NAME + "-wal", cat.CATALOGUE_NAME + "-shm", MANIFEST_NAME + ".tmp"}
+_OWN_FILES = (MANIFEST_NAME, LOCK_NAME, cat.CATALOGUE_NAME, cat.CATALOGUE_NAME + "-wal", cat.CATALOGUE_NAME + "-shm")
+_URI = re.compile(r"\A[A-Za-z][A-Za-z0-9+.-]*://")
+_CATALOGUE_HINT = ("restore catalogue.sqlite from a backup, or rebuild the index by indexing into a new --index "
+                   "folder; `pagelens verify` says what is damaged")
+
+
+def document_key(path) -> str:
+    """How a document is named in the catalogue: a URI-like identifier of embeddings made elsewhere
+    (``s3://bucket/report.pdf``) exactly as given; anything else as an absolute local path."""
+    text = os.fsdecode(os.fspath(path))
+    return text if _URI.match(text) else absolute(text)
+
+
+def _catalogue_error(exc: sqlite3.Error) -> CorruptIndexError:
+    return CorruptIndexError(f"the index catalogue cannot be read ({exc})", _CATALOGUE_HINT)
+
+
+@dataclass(frozen=True)
+class DamagedDocument:
+    path: str
+    display_path: str
+    pages: list  # page numbers whose stored vectors fail their checksum
+    reason: str
+
+
+@dataclass
+class IntegrityReport:
+    """What ``Store.check_integrity`` found: damaged documents (re-index them) and index-level problems."""
+
+    pages_checked: int = 0
+    damaged: list = field(default_factory=list)  # DamagedDocument
+    problems: list = field(default_factory=list)  # str
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged and not self.problems
 
 
 @dataclass(frozen=True)
@@ -46,6 +86,7 @@ class DocumentInfo:
     error: str | None
     added_at: float
     updated_at: float
+    complete: bool = True  # False while a long document is committed in chunks (invisible to search)
 
 
 class Store:
@@ -54,6 +95,7 @@ class Store:
     auto_compact_ratio = 0.5  # compact after a removal once dead bytes exceed this share ...
     auto_compact_min_bytes = 64 << 20  # ... and this many bytes
     shard_max_bytes = 1 << 30  # start a new shard file (at a document boundary) past this size
+    checkpoint_pages = 64  # a long document commits every this many pages (resumable, still invisible)
 
     def __init__(self, directory: str, manifest: dict, db, writable: bool, lock_fd: int | None):
         self.directory, self.writable = directory, writable
@@ -63,6 +105,7 @@ class Store:
         self._data_version: int | None = None
         self._apps: dict[str, Appender] = {}
         self._writer_open = False
+        self.recovered_bytes = 0  # torn tails and orphan files removed when this writer opened
 
     # --- opening ---------------------------------------------------------------------------------
 
@@ -72,27 +115,31 @@ class Store:
         """A new, empty index. ``identity`` None makes a bring-your-own-embeddings index (no model).
         ``settings`` (JSON) are kept in the manifest for the layers above, e.g. the search width."""
         directory = absolute(directory)
-        os.makedirs(directory, exist_ok=True)
-        if os.path.exists(os.path.join(directory, MANIFEST_NAME)):
-            raise IndexExistsError(f"{display_path(directory)} already holds an index",
-                                   "open it instead, or choose another directory")
-        stray = sorted(set(os.listdir(directory)) - _OWN_NAMES)
-        if stray:
-            raise IndexExistsError(f"{display_path(directory)} is not empty (holds {stray[:3]})",
-                                   "create the index in an empty or new directory")
         if identity is not None or settings:
             json.dumps([identity, settings])  # must be JSON-serialisable: fail before anything is written
+        os.makedirs(directory, exist_ok=True)
+        _check_own_entries(directory)
+        # The lock comes first: two runs creating one index at once must not both decide "create"
+        # (the second waits its turn as a writer, then finds the manifest and opens instead).
         lock_fd = take_lock(directory)
         try:
+            if os.path.lexists(os.path.join(directory, MANIFEST_NAME)):
+                raise IndexExistsError(f"{display_path(directory)} already holds an index",
+                                       "open it instead, or choose another directory")
+            stray = sorted(set(os.listdir(directory)) - _OWN_NAMES)
+            if stray:
+                raise IndexExistsError(f"{display_path(directory)} is not empty (holds {stray[:3]})",
+                                       "create the index in an empty or new directory")
+            _refuse_leftover_data(directory)  # a create that died before its manifest left none; anything else did
             for sub in (SHARD_DIR, DERIVED_DIR):
                 os.makedirs(os.path.join(directory, sub), exist_ok=True)
             db = cat.connect(os.path.join(directory, cat.CATALOGUE_NAME), writable=True)
             cat.migrate(db)
             manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "identity": identity,
                         "single_dim": int(single_dim), "multi_dim": int(multi_dim), "created_at": time.time(),
-                        "settings": dict(settings or {})}
+                        "settings": dict(settings or {}), "index_id": secrets.token_hex(16)}
             with cat.transaction(db):
-                for key in ("identity", "single_dim", "multi_dim", "format_version"):
+                for key in ("identity", "single_dim", "multi_dim", "format_version", "index_id"):
                     cat.set_meta(db, key, json.dumps(manifest[key]))
             fsync_dir(directory)
             atomic_write_json(os.path.join(directory, MANIFEST_NAME), manifest)  # last: now it is an index
@@ -105,23 +152,35 @@ class Store:
     def open(cls, directory, *, writable: bool = False) -> "Store":
         directory = absolute(directory)
         manifest = read_manifest(directory)
+        _check_own_entries(directory)
         db_path = os.path.join(directory, cat.CATALOGUE_NAME)
         if not os.path.exists(db_path):
             raise CorruptIndexError(f"{display_path(directory)} has a manifest but no catalogue",
                                     "restore the index directory from a backup or rebuild it")
         lock_fd = take_lock(directory) if writable else None
+        db = None
         try:
-            db = cat.connect(db_path, writable=writable)
-            if writable:
-                cat.migrate(db)
-            elif cat.schema_version(db) > cat.SCHEMA_VERSION:
-                raise IndexFormatError("the catalogue was written by a newer pagelens", "upgrade pagelens")
-            store = cls(directory, manifest, db, writable, lock_fd)
-            if writable:
-                store._recover()
-            else:
-                store._snapshot()  # readers pin the committed state they open on
+            try:
+                # an empty or foreign catalogue is refused before anything (even WAL mode) is written
+                probe = cat.connect(db_path, writable=False)
+                try:
+                    cat.check_schema(probe)
+                    _check_meta(probe, manifest)
+                finally:
+                    probe.close()
+                db = cat.connect(db_path, writable=writable)
+                if writable:
+                    cat.migrate(db)
+                store = cls(directory, manifest, db, writable, lock_fd)
+                if writable:
+                    store._recover()
+                else:
+                    store._snapshot()  # readers pin the committed state they open on
+            except sqlite3.Error as exc:
+                raise _catalogue_error(exc) from None
         except BaseException:
+            if db is not None:
+                db.close()
             if lock_fd is not None:
                 os.close(lock_fd)
             raise
@@ -132,17 +191,26 @@ class Store:
         shard_dir = os.path.join(self.directory, SHARD_DIR)
         os.makedirs(shard_dir, exist_ok=True)
         os.makedirs(os.path.join(self.directory, DERIVED_DIR), exist_ok=True)
-        named = set()
-        for sid, kind, name, committed in self._db.execute("SELECT id, kind, file, committed_rows FROM shards"):
-            named.add(name)
-            cut_torn_tail(os.path.join(shard_dir, name), kind, self._dim(kind), committed)
+        rows = cat.shard_rows(self._db)
+        paths = [checked_shard_path(shard_dir, sid, kind, name) for sid, kind, name, _c in rows]  # all, before any cut
+        named, freed = {name for _s, _k, name, _c in rows}, 0
+        for (sid, kind, name, committed), path in zip(rows, paths):
+            freed += cut_torn_tail(path, kind, self.dim(kind), committed)
         for name in os.listdir(shard_dir):
-            if name not in named:  # written by a compaction or a shard start that never committed
-                os.unlink(os.path.join(shard_dir, name))
+            # only files of the format's own naming that no commit names (an interrupted compaction,
+            # or old files of one that committed); anything else in shards/ is not ours to delete
+            if name not in named and parse_shard_name(name) is not None:
+                path = os.path.join(shard_dir, name)
+                try:
+                    freed += os.lstat(path).st_size
+                    os.unlink(path)  # a link is removed itself, never followed
+                except FileNotFoundError:
+                    pass
         tmp = os.path.join(self.directory, MANIFEST_NAME + ".tmp")
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
         fsync_dir(shard_dir)
+        self.recovered_bytes = freed
 
     def close(self) -> None:
         for app in self._apps.values():
@@ -228,7 +296,7 @@ class Store:
 
     def page_ids_of(self, path) -> np.ndarray:
         """The page ids of one document in page order (empty if it is not indexed)."""
-        row = self._db.execute("SELECT id FROM documents WHERE path = ?", (path_key(absolute(path)),)).fetchone()
+        row = self._db.execute("SELECT id FROM documents WHERE path = ?", (path_key(document_key(path)),)).fetchone()
         if row is None:
             return np.zeros(0, np.int64)
         ids = [r[0] for r in self._db.execute(
@@ -237,11 +305,11 @@ class Store:
 
     # --- catalogue reads -------------------------------------------------------------------------
 
-    _DOC_COLUMNS = "id, path, display, size, mtime, sha256, page_count, status, error, added_at, updated_at"
+    _DOC_COLUMNS = "id, path, display, size, mtime, sha256, page_count, status, error, added_at, updated_at, complete"
 
     @staticmethod
     def _doc(row) -> DocumentInfo:
-        return DocumentInfo(row[0], os.fsdecode(row[1]), *row[2:])
+        return DocumentInfo(row[0], os.fsdecode(row[1]), *row[2:11], complete=bool(row[11]))
 
     def documents(self, status: str | None = None) -> list[DocumentInfo]:
         sql = f"SELECT {self._DOC_COLUMNS} FROM documents"
@@ -251,37 +319,52 @@ class Store:
 
     def document(self, path) -> DocumentInfo | None:
         row = self._db.execute(f"SELECT {self._DOC_COLUMNS} FROM documents WHERE path = ?",
-                               (path_key(absolute(path)),)).fetchone()
+                               (path_key(document_key(path)),)).fetchone()
         return self._doc(row) if row else None
 
     def find_sha256(self, sha256: str) -> DocumentInfo | None:
-        """An indexed document with this content, if any (the oldest)."""
+        """A complete indexed document with this content, if any (the oldest)."""
         row = self._db.execute(f"SELECT {self._DOC_COLUMNS} FROM documents WHERE sha256 = ? AND status = 'indexed'"
-                               " ORDER BY id LIMIT 1", (sha256,)).fetchone()
+                               " AND complete = 1 ORDER BY id LIMIT 1", (sha256,)).fetchone()
         return self._doc(row) if row else None
 
     def indexed_sha256s(self) -> dict[str, str]:
-        """path -> sha256 of every indexed document (what an incremental run may skip)."""
+        """path -> sha256 of every complete indexed document (what an incremental run may skip)."""
         return {os.fsdecode(p): s for p, s in
-                self._db.execute("SELECT path, sha256 FROM documents WHERE status = 'indexed'")}
+                self._db.execute("SELECT path, sha256 FROM documents WHERE status = 'indexed' AND complete = 1"
+                                 " AND sha256 IS NOT NULL")}
 
-    # --- writes ----------------------------------------------------------------------------------
+    def partial_documents(self) -> dict[str, tuple[str, int]]:
+        """path -> (sha256, pages committed) of documents whose chunked commit was interrupted:
+        a run that finds the same content there resumes after those pages."""
+        return {os.fsdecode(p): (sha, n) for p, sha, n in self._db.execute(
+            "SELECT path, sha256, page_count FROM documents WHERE status = 'indexed' AND complete = 0"
+            " AND sha256 IS NOT NULL")}
 
-    def _require_writable(self) -> None:
+    # --- writes: the public methods DocumentWriter and compaction use -----------------------------
+
+    def require_writable(self) -> None:
         if not self.writable:
             raise ReadOnlyError("this index was opened read-only", "open it with writable=True to change it")
 
-    def _dim(self, kind: str) -> int:
+    def dim(self, kind: str) -> int:
+        """Values per row of a shard kind ("multi": token vectors, "single": page vectors)."""
         return self.multi_dim if kind == "multi" else self.single_dim
 
-    def _appenders(self) -> tuple[Appender, Appender]:
-        self._require_writable()
+    def shard_path(self, shard_id: int, kind: str, name: str | None = None) -> str:
+        """The checked path of a shard inside shards/ (CorruptIndexError for a name not of the format)."""
+        return checked_shard_path(os.path.join(self.directory, SHARD_DIR), shard_id, kind,
+                                  shard_file_name(kind, shard_id) if name is None else name)
+
+    def open_appenders(self) -> tuple[Appender, Appender]:
+        """The (multi, single) appenders of the newest shards, for one document writer at a time."""
+        self.require_writable()
         if self._writer_open:
             raise RuntimeError("one document at a time: commit or abort the open document writer first")
         for kind in ("multi", "single"):
             row = self._db.execute("SELECT id, file, committed_rows FROM shards WHERE kind = ? ORDER BY id DESC"
                                    " LIMIT 1", (kind,)).fetchone()
-            if row is not None and row[2] * row_bytes(kind, self._dim(kind)) >= self.shard_max_bytes:
+            if row is not None and row[2] * row_bytes(kind, self.dim(kind)) >= self.shard_max_bytes:
                 row = None
             if row is None:
                 with cat.transaction(self._db):
@@ -292,22 +375,89 @@ class Store:
             if app is None or app.shard_id != row[0]:
                 if app is not None:
                     app.close()
-                path = os.path.join(self.directory, SHARD_DIR, row[1])
-                self._apps[kind] = Appender(path, kind, self._dim(kind), row[2], shard_id=row[0])
+                self._apps[kind] = Appender(self.shard_path(row[0], kind, row[1]), kind, self.dim(kind), row[2],
+                                            shard_id=row[0])
         self._writer_open = True
         return self._apps["multi"], self._apps["single"]
 
-    def _writer_closed(self, changed: bool) -> None:
+    def release_appenders(self, changed: bool) -> None:
+        """The document writer is done (committed, or aborted when ``changed`` is False)."""
         self._writer_open = False
         if changed:
             self._snap = None
 
-    def document_writer(self, source: SourceFile) -> DocumentWriter:
-        """``with store.document_writer(src) as w: w.add_page(n, w, h, emb)`` -> committed on exit."""
-        return DocumentWriter(self, source)
+    def close_appenders(self) -> None:
+        """Close the shard files kept open between documents (compaction replaces them)."""
+        if self._writer_open:
+            raise RuntimeError("a document writer is open")
+        for app in self._apps.values():
+            app.close()
+        self._apps.clear()
+
+    def commit_pages(self, source: SourceFile, rows: list, appenders: Iterable[Appender], *,
+                     document_id: int | None, page_count: int, complete: bool) -> tuple[int, list[int], int]:
+        """One transaction: the document row (new or replaced when ``document_id`` is None, else
+        extended), its new page rows, and the shard watermarks. The appenders must be synced.
+        Returns (document id, new page ids, pages replaced)."""
+        self.require_writable()
+        replaced = 0
+        with cat.transaction(self._db) as db:
+            if document_id is None:
+                document_id, replaced = cat.upsert_document(
+                    db, path_key(source.path), display_path(source.path), source.size, source.mtime, source.sha256,
+                    status="indexed", error=None, page_count=page_count, complete=complete)
+            else:
+                cat.extend_document(db, document_id, page_count, complete)
+            ids = cat.insert_pages(db, document_id, rows)
+            for app in appenders:
+                cat.set_watermark(db, app.shard_id, app.rows)
+        return document_id, ids, replaced
+
+    def resume_point(self, source: SourceFile) -> tuple[int, int, list[int]] | None:
+        """(document id, pages committed, their page ids) when ``source`` is a partial document of the
+        same content, else None."""
+        row = self._db.execute("SELECT id, sha256 FROM documents WHERE path = ? AND status = 'indexed'"
+                               " AND complete = 0", (path_key(source.path),)).fetchone()
+        if row is None or source.sha256 is None or row[1] != source.sha256:
+            return None
+        ids = [int(r[0]) for r in self._db.execute(
+            "SELECT page_id FROM pages WHERE document_id = ? ORDER BY page_number", (row[0],))]
+        return int(row[0]), len(ids), ids
+
+    def shards(self) -> list[tuple[int, str, str, int]]:
+        """(id, kind, checked path, committed rows) of every shard."""
+        return [(sid, kind, self.shard_path(sid, kind, name), rows) for sid, kind, name, rows in cat.shard_rows(self._db)]
+
+    def page_locations(self) -> list[tuple[int, int, int, int, int, int]]:
+        """(page_id, multi_shard, multi_offset, n_tokens, single_shard, single_row) of every stored page."""
+        return self._db.execute("SELECT page_id, multi_shard, multi_offset, n_tokens, single_shard, single_row"
+                                " FROM pages ORDER BY page_id").fetchall()
+
+    def next_shard_id(self) -> int:
+        return cat.next_shard_id(self._db)
+
+    def swap_shards(self, new_shards: dict[str, tuple[int, int]], updates: list, old_ids: list[int]) -> None:
+        """Compaction's commit: add the new shards {kind: (id, rows)}, point pages at their new places
+        (multi_shard, multi_offset, single_shard, single_row, page_id), drop the old shard rows."""
+        self.require_writable()
+        with cat.transaction(self._db) as db:
+            for kind, (sid, rows) in new_shards.items():
+                db.execute("INSERT INTO shards (id, kind, file, committed_rows) VALUES (?, ?, ?, ?)",
+                           (sid, kind, shard_file_name(kind, sid), rows))
+            db.executemany("UPDATE pages SET multi_shard = ?, multi_offset = ?, single_shard = ?, single_row = ?"
+                           " WHERE page_id = ?", updates)
+            db.executemany("DELETE FROM shards WHERE id = ?", [(sid,) for sid in old_ids])
+        self._snap = None
+
+    def document_writer(self, source: SourceFile, *, resume: bool = False) -> DocumentWriter:
+        """``with store.document_writer(src) as w: w.add_page(n, w, h, emb)`` -> committed on exit.
+        With ``resume``, a partial document of the same content continues after its committed pages
+        (``w.first_page``)."""
+        return DocumentWriter(self, source, resume=resume)
 
     def add_document(self, source, pages: Sequence) -> list[int]:
-        """Store a document whose page i+1 is ``pages[i]`` (an Embedding or (width, height, Embedding))."""
+        """Store a document whose page i+1 is ``pages[i]`` (an Embedding or (width, height, Embedding)).
+        ``source`` is a SourceFile, a local path, or an identifier such as ``s3://bucket/x.pdf``."""
         src = self._as_source(source)
         with self.document_writer(src) as writer:
             for number, item in enumerate(pages, start=1):
@@ -318,39 +468,35 @@ class Store:
     def copy_document(self, source: SourceFile, from_path) -> list[int]:
         """Index ``source`` as a copy of the indexed document at ``from_path`` (same content):
         new page ids that point at the same stored vectors, so nothing is encoded or stored twice."""
-        self._require_writable()
+        self.require_writable()
         src_doc = self.document(from_path)
-        if src_doc is None or src_doc.status != "indexed":
-            raise ValueError(f"{display_path(absolute(from_path))} is not an indexed document")
-        ids = []
+        if src_doc is None or src_doc.status != "indexed" or not src_doc.complete:
+            raise ValueError(f"{display_path(document_key(from_path))} is not an indexed document")
         with cat.transaction(self._db) as db:
-            rows = db.execute("SELECT page_number, width, height, multi_shard, multi_offset, n_tokens, single_shard,"
-                              " single_row, crc32 FROM pages WHERE document_id = ? ORDER BY page_number",
-                              (src_doc.id,)).fetchall()
-            doc_id, _removed = upsert_document(db, source, status="indexed", error=None, page_count=len(rows))
-            for row in rows:
-                ids.append(db.execute(
-                    "INSERT INTO pages (document_id, page_number, width, height, multi_shard, multi_offset,"
-                    " n_tokens, single_shard, single_row, crc32) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (doc_id, *row)).lastrowid)
+            rows = cat.page_locations_of(db, src_doc.id)
+            doc_id, _removed = cat.upsert_document(
+                db, path_key(source.path), display_path(source.path), source.size, source.mtime, source.sha256,
+                status="indexed", error=None, page_count=len(rows))
+            ids = cat.insert_pages(db, doc_id, rows)
         self._snap = None
         return ids
 
     def record_failure(self, source, reason: str) -> int:
         """Record that a file could not be indexed; any pages it had are removed. Returns those."""
-        self._require_writable()
-        src = source if isinstance(source, SourceFile) else SourceFile(absolute(source), None, None, None)
+        self.require_writable()
+        src = source if isinstance(source, SourceFile) else SourceFile(document_key(source), None, None, None)
         with cat.transaction(self._db) as db:
-            _doc_id, removed = upsert_document(db, src, status="failed", error=reason, page_count=0)
+            _doc_id, removed = cat.upsert_document(db, path_key(src.path), display_path(src.path), src.size,
+                                                   src.mtime, src.sha256, status="failed", error=reason, page_count=0)
         if removed:
             self._snap = None
         return removed
 
     def remove_document(self, path, *, compact: bool = True) -> int:
         """Remove a document (indexed or failed); returns the pages removed (0 if unknown)."""
-        self._require_writable()
+        self.require_writable()
         with cat.transaction(self._db) as db:
-            row = db.execute("SELECT id FROM documents WHERE path = ?", (path_key(absolute(path)),)).fetchone()
+            row = db.execute("SELECT id FROM documents WHERE path = ?", (path_key(document_key(path)),)).fetchone()
             if row is None:
                 return 0
             removed = db.execute("DELETE FROM pages WHERE document_id = ?", (row[0],)).rowcount
@@ -360,19 +506,29 @@ class Store:
             self.maybe_compact()
         return removed
 
+    def mark_for_reindex(self, paths) -> int:
+        """Forget the stored SHA-256 of these documents, so the next run re-encodes them (a damaged
+        document would otherwise be skipped as unchanged). Returns how many were marked."""
+        self.require_writable()
+        with cat.transaction(self._db) as db:
+            return sum(db.execute("UPDATE documents SET sha256 = NULL WHERE path = ?",
+                                  (path_key(document_key(p)),)).rowcount for p in paths)
+
     def _as_source(self, source) -> SourceFile:
         if isinstance(source, SourceFile):
             return source
-        path = absolute(source)
+        key = document_key(source)
+        if key != absolute(key):  # an identifier of embeddings made elsewhere: kept as given
+            return SourceFile(key, None, None, None)
         try:
-            return read_source(path)
+            return read_source(key)
         except PdfError:  # embeddings made elsewhere: the file need not be here
-            return SourceFile(path, None, None, None)
+            return SourceFile(key, None, None, None)
 
     # --- runs ------------------------------------------------------------------------------------
 
     def begin_run(self, arguments) -> int:
-        self._require_writable()
+        self.require_writable()
         with cat.transaction(self._db) as db:
             return db.execute("INSERT INTO runs (started_at, arguments) VALUES (?, ?)",
                               (time.time(), json.dumps(arguments))).lastrowid
@@ -384,34 +540,169 @@ class Store:
 
     # --- space -----------------------------------------------------------------------------------
 
+    def shard_usage(self) -> tuple[dict, dict]:
+        """({shard id: (kind, committed bytes)}, {shard id: live bytes}); copies share bytes, counted once."""
+        committed = {sid: (kind, rows * row_bytes(kind, self.dim(kind)))
+                     for sid, kind, _name, rows in cat.shard_rows(self._db)}
+        live = cat.live_shard_bytes(self._db, {k: row_bytes(k, self.dim(k)) for k in ("multi", "single")})
+        return committed, live
+
     def dead_bytes(self) -> int:
-        committed, live = shard_usage(self)
+        committed, live = self.shard_usage()
         return sum(size for _kind, size in committed.values()) - sum(live.values())
 
     def stats(self) -> StoreStats:
         """Documents, pages, vectors, bytes on disk by part, dead bytes, identity, format version."""
-        return store_stats(self)
+        db = self._db
+        docs = dict(db.execute("SELECT status, COUNT(*) FROM documents GROUP BY status").fetchall())
+        partial = db.execute("SELECT COUNT(*) FROM documents WHERE status = 'indexed' AND complete = 0").fetchone()[0]
+        pages, tokens = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(p.n_tokens), 0) FROM pages p JOIN documents d ON d.id = p.document_id"
+            " WHERE d.status = 'indexed' AND d.complete = 1").fetchone()
+        parts = {"catalogue": 0, "multi_vectors": 0, "single_vectors": 0, "manifest": 0, DERIVED_DIR: 0}
+        for suffix in ("", "-wal", "-shm"):
+            parts["catalogue"] += _size(os.path.join(self.directory, cat.CATALOGUE_NAME + suffix))
+        for sid, kind, path, _rows in self.shards():
+            parts[f"{kind}_vectors"] += _size(path)
+        parts["manifest"] = _size(os.path.join(self.directory, MANIFEST_NAME))
+        parts[DERIVED_DIR] = _dir_bytes(os.path.join(self.directory, DERIVED_DIR))
+        return StoreStats(
+            documents=docs.get("indexed", 0) - partial, failed_documents=docs.get("failed", 0), pages=pages,
+            vectors=tokens, bytes_by_part=parts, total_bytes=sum(parts.values()), dead_bytes=self.dead_bytes(),
+            identity=self.identity, format_version=self.format_version, single_dim=self.single_dim,
+            multi_dim=self.multi_dim, partial_documents=partial)
 
     def compact(self) -> int:
-        """Rewrite live vectors into new shard files and drop the old ones; returns bytes reclaimed."""
-        return compact_store(self)
+        """Rewrite live vectors into new shard files and drop the old ones; returns bytes reclaimed,
+        counting the torn tails and orphan files this writer's open removed."""
+        reclaimed = compact_store(self) + self.recovered_bytes
+        self.recovered_bytes = 0
+        return reclaimed
 
     def maybe_compact(self) -> int:
         """Compact when dead bytes pass both thresholds; returns bytes reclaimed (0 if not run)."""
-        committed, live = shard_usage(self)
+        committed, live = self.shard_usage()
         total = sum(size for _kind, size in committed.values())
         dead = total - sum(live.values())
         if dead > self.auto_compact_min_bytes and dead > self.auto_compact_ratio * total:
             return self.compact()
         return 0
 
+    # --- integrity -------------------------------------------------------------------------------
+
+    def check_integrity(self) -> IntegrityReport:
+        """Read every stored page (complete or partial documents) and compare its checksum; check the
+        catalogue with SQLite's quick_check and every shard file against its watermark.
+        Reports instead of raising: which documents to re-index, and index-level problems."""
+        report = IntegrityReport()
+        try:
+            quick = [r[0] for r in self._db.execute("PRAGMA quick_check(20)")]
+        except sqlite3.Error as exc:
+            report.problems.append(f"the catalogue cannot be read: {exc}")
+            return report
+        if quick != ["ok"]:
+            report.problems.extend(f"catalogue: {line}" for line in quick)
+        maps, bad_shards = {}, set()
+        for sid, kind, name, rows in cat.shard_rows(self._db):
+            try:
+                maps[sid] = map_rows(self.shard_path(sid, kind, name), kind, self.dim(kind), rows)
+            except (CorruptIndexError, OSError) as exc:
+                report.problems.append(f"shard {name}: {getattr(exc, 'message', None) or exc}")
+                bad_shards.add(sid)
+        damaged: dict[int, list[int]] = {}
+        for doc_id, number, m_shard, m_off, n_tok, s_shard, s_row, crc in self._db.execute(
+                "SELECT document_id, page_number, multi_shard, multi_offset, n_tokens, single_shard, single_row,"
+                " crc32 FROM pages ORDER BY document_id, page_number"):
+            report.pages_checked += 1
+            try:
+                if m_shard in bad_shards or s_shard in bad_shards:
+                    raise KeyError
+                multi = maps[m_shard][m_off:m_off + n_tok]
+                single = maps[s_shard][s_row]
+                ok = len(multi) == n_tok and n_tok > 0 and m_off >= 0 and s_row >= 0 and page_crc(multi, single) == crc
+            except (KeyError, IndexError, TypeError, ValueError):
+                ok = False
+            if not ok:
+                damaged.setdefault(doc_id, []).append(int(number))
+        for doc_id, numbers in damaged.items():
+            path = os.fsdecode(self._db.execute("SELECT path FROM documents WHERE id = ?", (doc_id,)).fetchone()[0])
+            report.damaged.append(DamagedDocument(
+                path=path, display_path=display_path(path), pages=numbers,
+                reason=f"{len(numbers)} page(s) fail their checksum (stored vectors changed on disk)"))
+        return report
+
     def verify(self) -> int:
-        """Check every live page's checksum; returns pages checked, raises CorruptIndexError on damage."""
-        snap = self._snapshot()
-        for p in range(len(snap.page_ids)):
-            if page_crc(snap.multi(p), snap.single(p)) != int(snap.crc32[p]):
-                path = snap.paths.get(int(snap.document_ids[p]), "?")
-                raise CorruptIndexError(
-                    f"page {int(snap.page_numbers[p])} of {display_path(path)} (page id {int(snap.page_ids[p])})"
-                    " fails its checksum", "restore the index from a backup or re-index that document")
-        return len(snap.page_ids)
+        """Check every page's checksum; returns pages checked, raises CorruptIndexError on damage."""
+        report = self.check_integrity()
+        if report.problems:
+            raise CorruptIndexError(report.problems[0], "restore the index from a backup or rebuild it")
+        if report.damaged:
+            doc = report.damaged[0]
+            raise CorruptIndexError(f"page {doc.pages[0]} of {doc.display_path} fails its checksum",
+                                    "re-index that document with `pagelens index --repair`")
+        return report.pages_checked
+
+
+def _size(path: str) -> int:
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return 0
+
+
+def _dir_bytes(path: str) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+def _check_own_entries(directory: str) -> None:
+    """The index's own files must be plain files and its folders real folders: a link planted in a
+    shared index folder would make a writer truncate or delete a file outside it."""
+    for name in _OWN_FILES:
+        check_regular_or_absent(os.path.join(directory, name))
+    for sub in (SHARD_DIR, DERIVED_DIR):
+        check_real_directory(os.path.join(directory, sub))
+
+
+def _check_meta(db, manifest: dict) -> None:
+    """The catalogue must be this index's own: same id (indexes made since it was recorded) and widths."""
+    for key in ("index_id", "single_dim", "multi_dim"):
+        raw = cat.get_meta(db, key)
+        if key == "index_id" and "index_id" not in manifest:
+            continue  # made before the id was recorded
+        try:
+            value = json.loads(raw) if raw is not None else None
+        except ValueError:
+            value = object()
+        if value != manifest.get(key):
+            raise CorruptIndexError(
+                f"catalogue.sqlite does not belong to this index ({key}: catalogue {raw!r}, manifest "
+                f"{manifest.get(key)!r})", "nothing was changed or deleted; " + _CATALOGUE_HINT)
+
+
+def _refuse_leftover_data(directory: str) -> None:
+    shard_dir = os.path.join(directory, SHARD_DIR)
+    if os.path.isdir(shard_dir) and os.listdir(shard_dir):
+        raise CorruptIndexError(f"{display_path(directory)} has shard files but no manifest.json",
+                                "restore manifest.json from a backup, or create the index in a new folder")
+    db_path = os.path.join(directory, cat.CATALOGUE_NAME)
+    if not os.path.exists(db_path):
+        return
+    try:
+        db = cat.connect(db_path, writable=False)
+        try:
+            has = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            used = any(db.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone() for t in ("documents", "shards")
+                       if t in has)
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise _catalogue_error(exc) from None
+    if used:
+        raise CorruptIndexError(f"{display_path(directory)} has a catalogue with data but no manifest.json",
+                                "restore manifest.json from a backup, or create the index in a new folder")

@@ -1,53 +1,27 @@
-"""Streaming writes of one document: shard bytes as pages arrive, one catalogue commit at the end.
+"""Streaming writes of one document: shard bytes as pages arrive, catalogue commits in chunks.
 
 Write order (see docs/index-format.md): append multi and single rows past the watermarks ->
-fsync both shard files -> one SQLite transaction that replaces the document row, deletes its old
-pages, inserts the new ones and moves the watermarks. Until that commit nothing is visible; on any
-exception the appended bytes are cut back (and a crash leaves them as a torn tail, cut on reopen).
+fsync both shard files -> one SQLite transaction that writes the document row and its new pages
+and moves the watermarks. A short document is one such commit. A long one commits every
+``Store.checkpoint_pages`` pages with ``complete = 0`` (searches do not see it) and the last chunk
+sets ``complete = 1``; a run that stopped midway resumes after the committed pages. On any
+exception the bytes appended since the last commit are cut back (a crash leaves them as a torn
+tail, cut on reopen). Uses only the store's public methods.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine.types import Embedding
-from indexer.catalogue import transaction
 from indexer.errors import DimensionMismatchError
 from indexer.shards import page_crc
-from indexer.sources import SourceFile, display_path, path_key
+from indexer.sources import SourceFile
 
 if TYPE_CHECKING:
     from indexer.store import Store
-
-
-def upsert_document(db: sqlite3.Connection, source: SourceFile, *, status: str, error: str | None,
-                    page_count: int) -> tuple[int, int]:
-    """Insert or replace the row for ``source.path`` inside the caller's transaction.
-
-    Returns (document id, pages removed). The id of an existing path is kept.
-    """
-    key, now = path_key(source.path), time.time()
-    row = db.execute("SELECT id FROM documents WHERE path = ?", (key,)).fetchone()
-    if row is None:
-        cur = db.execute(
-            "INSERT INTO documents (path, display, size, mtime, sha256, page_count, status, error, added_at,"
-            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (key, display_path(source.path), source.size, source.mtime, source.sha256, page_count, status,
-             error, now, now),
-        )
-        return int(cur.lastrowid), 0
-    doc_id = int(row[0])
-    removed = db.execute("DELETE FROM pages WHERE document_id = ?", (doc_id,)).rowcount
-    db.execute(
-        "UPDATE documents SET size = ?, mtime = ?, sha256 = ?, page_count = ?, status = ?, error = ?,"
-        " updated_at = ? WHERE id = ?",
-        (source.size, source.mtime, source.sha256, page_count, status, error, now, doc_id),
-    )
-    return doc_id, removed
 
 
 def as_embedding(item) -> tuple[int | None, int | None, Embedding]:
@@ -63,32 +37,35 @@ def as_embedding(item) -> tuple[int | None, int | None, Embedding]:
 class DocumentWriter:
     """Use through ``Store.document_writer(source)``; commits on a clean ``with`` exit."""
 
-    def __init__(self, store: "Store", source: SourceFile):
+    def __init__(self, store: "Store", source: SourceFile, *, resume: bool = False):
         self.store, self.source = store, source
-        self._multi, self._single = store._appenders()
-        self._start = (self._multi.rows, self._single.rows)
-        self._rows: list[tuple] = []
+        point = store.resume_point(source) if resume else None
+        self._multi, self._single = store.open_appenders()
+        self._start = (self._multi.rows, self._single.rows)  # where uncommitted bytes begin
+        self._rows: list[tuple] = []  # pages appended since the last commit
         self._done = False
         self.pages_replaced = 0
-        self.page_ids: list[int] = []
+        self.document_id, committed, self.page_ids = (point if point is not None else (None, 0, []))
+        self.first_page = committed + 1  # the next page this writer expects (1 unless resuming)
+        self._committed = committed
 
     @property
     def page_count(self) -> int:
-        return len(self._rows)
+        return self._committed + len(self._rows)
 
     def add_page(self, page_number: int, width: int | None, height: int | None, embedding: Embedding) -> None:
         if self._done:
             raise RuntimeError("this document writer is closed")
-        expected = len(self._rows) + 1
+        expected = self.page_count + 1
         if page_number != expected:
             raise ValueError(f"pages must arrive in order: expected page {expected}, got {page_number}")
         single = np.asarray(embedding.single, dtype=np.float32).reshape(1, -1)
         multi = np.asarray(embedding.multi, dtype=np.float16)
-        if single.shape[1] != self.store.single_dim or multi.ndim != 2 or multi.shape[1] != self.store.multi_dim:
+        store = self.store
+        if single.shape[1] != store.single_dim or multi.ndim != 2 or multi.shape[1] != store.multi_dim:
             raise DimensionMismatchError(
                 f"page {page_number} of {self.source.display_path} has a {single.shape[1]}-d single vector and "
-                f"{multi.shape[-1]}-d token vectors; this index stores {self.store.single_dim} and "
-                f"{self.store.multi_dim}",
+                f"{multi.shape[-1]}-d token vectors; this index stores {store.single_dim} and {store.multi_dim}",
                 "use the encoder the index was created with, or create a new index",
             )
         if multi.shape[0] == 0:
@@ -97,46 +74,52 @@ class DocumentWriter:
         single_at = self._single.append(single)
         self._rows.append((page_number, width, height, self._multi.shard_id, multi_at, multi.shape[0],
                            self._single.shard_id, single_at, page_crc(multi, single[0])))
+        if len(self._rows) >= store.checkpoint_pages:
+            self._commit_chunk(complete=False)
 
-    def commit(self) -> list[int]:
-        """Make the document visible; returns its new page ids in page order."""
-        if self._done:
-            raise RuntimeError("this document writer is closed")
-        if not self._rows:
-            self.abort()
-            raise ValueError(f"{self.source.display_path}: a document needs at least one page")
+    def _commit_chunk(self, *, complete: bool) -> None:
         try:
             self._multi.sync()
             self._single.sync()
-            db = self.store._db
-            with transaction(db):
-                doc_id, self.pages_replaced = upsert_document(db, self.source, status="indexed", error=None,
-                                                              page_count=len(self._rows))
-                for row in self._rows:
-                    cur = db.execute(
-                        "INSERT INTO pages (document_id, page_number, width, height, multi_shard, multi_offset,"
-                        " n_tokens, single_shard, single_row, crc32) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (doc_id, *row),
-                    )
-                    self.page_ids.append(int(cur.lastrowid))
-                for app in (self._multi, self._single):
-                    db.execute("UPDATE shards SET committed_rows = ? WHERE id = ?", (app.rows, app.shard_id))
+            doc_id, ids, replaced = self.store.commit_pages(
+                self.source, self._rows, (self._multi, self._single), document_id=self.document_id,
+                page_count=self.page_count, complete=complete)
         except BaseException:
-            self.page_ids = []
             self.abort()
             raise
+        if self.document_id is None:
+            self.pages_replaced = replaced
+        self.document_id = doc_id
+        self.page_ids.extend(ids)
+        self._committed += len(self._rows)
+        self._rows = []
+        self._start = (self._multi.rows, self._single.rows)
+
+    def commit(self) -> list[int]:
+        """Make the document visible; returns its page ids in page order."""
+        if self._done:
+            raise RuntimeError("this document writer is closed")
+        if self.page_count == 0:
+            self.abort()
+            raise ValueError(f"{self.source.display_path}: a document needs at least one page")
+        try:
+            self._commit_chunk(complete=True)
+        except BaseException:
+            self.page_ids = []
+            raise
         self._done = True
-        self.store._writer_closed(changed=True)
+        self.store.release_appenders(changed=True)
         return self.page_ids
 
     def abort(self) -> None:
-        """Forget this document: cut the appended bytes back to where it started."""
+        """Forget the pages since the last commit: cut the appended bytes back. Chunks already
+        committed stay (invisible to search) so that the next run can resume after them."""
         if self._done:
             return
         self._done = True
         self._multi.rollback(self._start[0])
         self._single.rollback(self._start[1])
-        self.store._writer_closed(changed=False)
+        self.store.release_appenders(changed=self._committed > 0)
 
     def __enter__(self) -> "DocumentWriter":
         return self
