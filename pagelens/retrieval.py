@@ -26,6 +26,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from indexer.shards import atomic_write_json, fsync_dir
+from indexer.shards import atomic_write_json, fsync_dir, open_nofollow
 from scoring import rank
 from scoring.faiss_io import map_index
 from scoring.pooled import DEFAULT_CLUSTERS, PooledIndex
@@ -48,18 +49,42 @@ RETRAIN_GROWTH = 4.0  # retrain the codebook once live tokens exceed 4x those it
 READ_BATCH_PAGES = 512
 
 
+# The names a generation may hold: anything else in state.json is not ours (a crafted state must not
+# make a search open files elsewhere).
+_ARRAY_NAME = re.compile(r"\A(included|(pf|pool|tok)_[a-z0-9_]{1,40})\Z")
+MAX_STATE_BYTES = 1 << 20
+
+
+def _read_state(directory: Path) -> dict:
+    path = directory / "state.json"
+    if path.is_symlink() or not path.is_file():
+        raise ValueError("state.json is missing or not a plain file")
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_STATE_BYTES + 1)
+    if len(data) > MAX_STATE_BYTES:
+        raise ValueError("state.json is too large")
+    state = json.loads(data)
+    if not isinstance(state, dict) or not isinstance(state.get("generation"), int) or state["generation"] < 0:
+        raise ValueError("state.json has no valid generation")
+    files = state.get("files")
+    if not isinstance(files, dict) or not all(isinstance(k, str) and _ARRAY_NAME.match(k) and isinstance(v, int)
+                                              for k, v in files.items()):
+        raise ValueError("state.json names files that are not ours")
+    return state
+
+
 def _generation_on_disk(directory: Path) -> int:
     try:
-        return int(json.loads((directory / "state.json").read_text())["generation"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(_read_state(directory)["generation"])
+    except Exception:  # noqa: BLE001 - any unreadable state means "none": derived data is rebuildable
         return 0
 
 
 @contextmanager
 def _exclusive(directory: Path):
-    """One process at a time changes the derived structures (readers may sync too)."""
+    """One process at a time changes the derived structures on disk (only writers persist them)."""
     directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_nofollow(str(directory / ".lock"), os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -82,6 +107,7 @@ class Retriever:
         seed: int = 0,
         token_codebook: bool = False,
         pool_clusters: int = DEFAULT_CLUSTERS,
+        persist: bool = True,
     ):
         if prefilter not in KINDS:
             raise ValueError(f"unknown prefilter {prefilter!r}; choose one of {list(KINDS)}")
@@ -92,6 +118,9 @@ class Retriever:
         self.seed = int(seed)
         self.token_codebook = bool(token_codebook)
         self.pool_clusters = int(pool_clusters)
+        # A reader (persist=False) never writes into the index folder: what it must build, it keeps
+        # in memory; the writer saves generations that readers then map.
+        self.persist = bool(persist)
         self._requested_dim = single_dim
         self._requested_kind = prefilter
         self._generation = 0
@@ -117,15 +146,17 @@ class Retriever:
 
     def _load(self) -> None:
         state_path = self.directory / "state.json"
-        if not state_path.exists():
+        if not os.path.lexists(state_path):
             return
         try:
-            state = json.loads(state_path.read_text())
+            state = _read_state(self.directory)
             if state.get("format") != FORMAT:
                 raise ValueError("unknown format")
             if self._requested_dim is not None and state["single_dim"] != self._requested_dim:
                 raise ValueError("width changed")  # a different width asked for: rebuild at it
             gen_dir = self.directory / f"gen-{state['generation']:08d}"
+            if gen_dir.is_symlink():
+                raise ValueError("a generation folder is a link")
             arrays = {}
             for name, size in state["files"].items():
                 path = gen_dir / (f"{name}.faiss" if name.endswith("faiss") else f"{name}.npy")
@@ -144,7 +175,7 @@ class Retriever:
                 raise ValueError("token index does not match the state")
             if not np.array_equal(pooled.live_ids(), included) or pooled.m != self.pool_clusters:
                 raise ValueError("pooled index does not match the state")
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError, json.JSONDecodeError):
+        except Exception:  # noqa: BLE001 - np.load alone raises half a dozen types on damaged files
             self._reset()  # derived data is rebuildable: the next sync() starts from the source
             self._generation = max(self._generation, _generation_on_disk(self.directory))
             return
@@ -156,12 +187,16 @@ class Retriever:
         self._generation = int(state["generation"])
 
     def _save(self) -> None:
+        if not self.persist:
+            return
         self.directory.mkdir(parents=True, exist_ok=True)
         generation = self._generation + 1
         final = self.directory / f"gen-{generation:08d}"
         tmp = self.directory / f"gen-{generation:08d}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(final, ignore_errors=True)
+        for stale in (tmp, final):
+            if stale.is_symlink():  # removed itself, never followed
+                stale.unlink()
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
         arrays = {"included": self.included}
         arrays.update({f"pf_{k}": v for k, v in self.prefilter.to_arrays().items()})
@@ -198,7 +233,10 @@ class Retriever:
         self._generation = generation
         for old in self.directory.glob("gen-*"):
             if old.name != final.name:
-                shutil.rmtree(old, ignore_errors=True)
+                if old.is_symlink():
+                    old.unlink()
+                else:
+                    shutil.rmtree(old, ignore_errors=True)
 
     # -- sync -----------------------------------------------------------------------------------
     def _reload_if_newer(self) -> None:
@@ -217,6 +255,9 @@ class Retriever:
         self._reload_if_newer()  # the writer may already have saved a generation holding these pages
         if np.array_equal(live, self.included):
             return False
+        if not self.persist:
+            self._apply(live)
+            return True
         with _exclusive(self.directory):
             self._reload_if_newer()  # someone may have saved while we waited for the lock
             if np.array_equal(live, self.included):
@@ -253,7 +294,9 @@ class Retriever:
     def _enable_tokens(self) -> None:
         """First search asking for "tokens": train the codebook now and keep it from then on."""
         self.token_codebook = True
-        if self.tokens is None and len(self.included):
+        if self.tokens is None and len(self.included) and not self.persist:
+            self._maybe_train(self.included)
+        elif self.tokens is None and len(self.included):
             with _exclusive(self.directory):
                 self._maybe_train(self.included)
                 if self.tokens is not None:
