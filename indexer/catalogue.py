@@ -113,6 +113,13 @@ def connect(path: str, *, writable: bool) -> sqlite3.Connection:
     raise last
 
 
+def read_older_schema(db: sqlite3.Connection) -> None:
+    """A reader may open a catalogue a writer has not migrated yet: temp views (which shadow the
+    main tables for unqualified names) give it the newest columns with their defaults."""
+    if schema_version(db) < 2:
+        db.execute("CREATE TEMP VIEW documents AS SELECT *, 1 AS complete FROM main.documents")
+
+
 def check_schema(db: sqlite3.Connection) -> int:
     """The catalogue's schema version, after checking that it holds an index at all.
 

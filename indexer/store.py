@@ -169,6 +169,8 @@ class Store:
                 finally:
                     probe.close()
                 db = cat.connect(db_path, writable=writable)
+                if not writable:
+                    cat.read_older_schema(db)
                 if writable:
                     cat.migrate(db)
                 store = cls(directory, manifest, db, writable, lock_fd)

@@ -370,3 +370,20 @@ def test_byo_identifier_is_kept_as_given(tmp_path, monkeypatch):
     assert s.document("s3://bucket/report.pdf").page_count == 1
     assert s.remove_document("s3://bucket/report.pdf") == 1
     s.close()
+
+
+def test_schema_1_index_is_read_as_is_and_migrated_by_a_writer(tmp_path):
+    d = make_index(tmp_path)
+    db = sqlite3.connect(os.path.join(d, "catalogue.sqlite"))  # make it what pagelens 0.1 wrote
+    db.execute("ALTER TABLE documents DROP COLUMN complete")
+    db.execute("DELETE FROM schema_migrations WHERE version = 2")
+    db.commit()
+    db.close()
+    r = Store.open(d)
+    assert len(r.live_page_ids()) == 4 and r.stats().documents == 2 and r.documents()[0].complete
+    assert r.check_integrity().ok
+    r.close()
+    w = Store.open(d, writable=True)
+    w.add_document(src("/docs/new.pdf", "n"), [emb(99)])
+    assert len(w.live_page_ids()) == 5
+    w.close()
