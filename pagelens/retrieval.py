@@ -40,6 +40,7 @@ from scoring.faiss_io import map_index
 from scoring.pooled import DEFAULT_CLUSTERS, PooledIndex
 from scoring.prefilter import KINDS, SinglePrefilter
 from scoring.source import VectorSource
+from scoring.threads import single_threaded
 from scoring.tokens import TokenIndex, suggest_centroids
 
 FORMAT = 2  # 2: adds the pooled index
@@ -369,6 +370,13 @@ class Retriever:
     ) -> list[list[tuple[int, float]]]:
         if "tokens" in rank.check_generators(generators) and not self.token_codebook:
             self._enable_tokens()
+        with single_threaded():  # see scoring/threads.py: no OpenMP barriers on a shared CPU
+            return self._search_batch(queries_multi, queries_single, k=k, candidates=candidates,
+                                      exhaustive=exhaustive, generators=generators, nprobe=nprobe,
+                                      per_token=per_token)
+
+    def _search_batch(self, queries_multi, queries_single, *, k, candidates, exhaustive, generators, nprobe,
+                      per_token) -> list[list[tuple[int, float]]]:
         live = np.asarray(self.source.live_page_ids(), dtype=np.int64)
         unindexed = live[np.searchsorted(live, self.watermark, side="right") :]
         queries = [np.asarray(q, dtype=np.float32) for q in queries_multi]

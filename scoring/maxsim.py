@@ -19,12 +19,16 @@ torch is imported lazily (it is only needed to widen fp16 fast on CPU and to run
 
 from __future__ import annotations
 
+import threading
 from typing import Sequence
 
 import numpy as np
 
+from scoring.threads import cpu_workers, parallel_map, single_threaded
+
 EMPTY_PAGE_SCORE = float("-inf")
 DEFAULT_CHUNK_TOKENS = 4096  # page tokens per matmul; 4096 measured best of 4k/16k/64k on 2 cores
+PARALLEL_MIN_TOKENS = 1 << 16  # below this a second worker costs more than it brings
 
 _BACKENDS = ("auto", "torch", "numpy")
 
@@ -72,9 +76,11 @@ def maxsim(
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     device: str = "cpu",
     backend: str = "auto",
+    workers: int | None = None,
 ) -> np.ndarray:
     """MaxSim of one query [Tq, d] against each page [T_i, d]; float32 [len(pages)]."""
-    return maxsim_batch([query], pages, chunk_tokens=chunk_tokens, device=device, backend=backend)[0]
+    return maxsim_batch([query], pages, chunk_tokens=chunk_tokens, device=device, backend=backend,
+                        workers=workers)[0]
 
 
 def maxsim_batch(
@@ -84,11 +90,14 @@ def maxsim_batch(
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     device: str = "cpu",
     backend: str = "auto",
+    workers: int | None = None,
 ) -> np.ndarray:
     """MaxSim of every query against every page; float32 [len(queries), len(pages)].
 
     All queries' tokens are stacked into one matrix, so each page chunk is widened once and
-    multiplied once for the whole batch.
+    multiplied once for the whole batch. On CPU, chunks are spread over ``workers`` threads
+    (default: one per core once there are ``PARALLEL_MIN_TOKENS`` page tokens, else one), each
+    running single-threaded library calls (see scoring/threads.py).
     """
     if backend not in _BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {list(_BACKENDS)}")
@@ -111,7 +120,9 @@ def maxsim_batch(
         per_token = _score_torch_device(q_all, live_pages, live_lengths, chunk_tokens, device)
     else:
         use_torch = backend == "torch" or (backend == "auto" and _torch() is not None)
-        per_token = _score_cpu(q_all, live_pages, live_lengths, chunk_tokens, use_torch)
+        if workers is None:
+            workers = cpu_workers() if int(live_lengths.sum()) >= PARALLEL_MIN_TOKENS else 1
+        per_token = _score_cpu(q_all, live_pages, live_lengths, chunk_tokens, use_torch, int(workers))
     # per_token: [sum Tq, n_nonempty] of per-query-token maxima; sum each query's rows.
     if (q_offsets[1:] == q_offsets[:-1]).any():
         sums = np.zeros((len(qs), len(nonempty)), dtype=np.float32)
@@ -123,25 +134,35 @@ def maxsim_batch(
     return out
 
 
-def _score_cpu(q_all, pages, lengths, chunk_tokens, use_torch) -> np.ndarray:
+def _score_cpu(q_all, pages, lengths, chunk_tokens, use_torch, workers: int = 1) -> np.ndarray:
     dtype = np.result_type(*{p.dtype for p in pages})
     if dtype not in (np.float16, np.float32):
         dtype = np.dtype(np.float32)
     runs = _chunks(lengths, chunk_tokens)
     widest = max(int(lengths[a:b].sum()) for a, b in runs)
-    stage = np.empty((widest, q_all.shape[1]), dtype=dtype)
-    wide = np.empty((widest, q_all.shape[1]), dtype=np.float32) if dtype != np.float32 else stage
-    scores = np.empty((q_all.shape[0], widest), dtype=np.float32)
     per_token = np.empty((q_all.shape[0], len(pages)), dtype=np.float32)
     torch = _torch() if use_torch else None
-    if torch is not None:
-        t_q = torch.from_numpy(q_all)
-        t_stage, t_wide, t_scores = (torch.from_numpy(a) for a in (stage, wide, scores))
-    for a, b in runs:
+    local = threading.local()
+
+    def buffers():
+        if not hasattr(local, "stage"):  # one set per worker thread, reused across its chunks
+            local.stage = np.empty((widest, q_all.shape[1]), dtype=dtype)
+            local.wide = np.empty((widest, q_all.shape[1]), dtype=np.float32) if dtype != np.float32 else local.stage
+            local.scores = np.empty((q_all.shape[0], widest), dtype=np.float32)
+            if torch is not None:
+                local.t = (torch.from_numpy(q_all),) + tuple(torch.from_numpy(a) for a in
+                                                            (local.stage, local.wide, local.scores))
+        return local
+
+    def score(run):
+        a, b = run
+        buf = buffers()
+        stage, wide, scores = buf.stage, buf.wide, buf.scores
         seg = lengths[a:b]
         n = int(seg.sum())
         np.concatenate(pages[a:b], axis=0, out=stage[:n])
         if torch is not None:
+            t_q, t_stage, t_wide, t_scores = buf.t
             if wide is not stage:
                 t_wide[:n].copy_(t_stage[:n])  # fp16 -> fp32 with SIMD, in cache
             torch.matmul(t_q, t_wide[:n].T, out=t_scores[:, :n])
@@ -150,7 +171,10 @@ def _score_cpu(q_all, pages, lengths, chunk_tokens, use_torch) -> np.ndarray:
                 np.copyto(wide[:n], stage[:n])
             np.matmul(q_all, wide[:n].T, out=scores[:, :n])
         starts = np.concatenate([[0], np.cumsum(seg[:-1])])
-        per_token[:, a:b] = np.maximum.reduceat(scores[:, :n], starts, axis=1)
+        per_token[:, a:b] = np.maximum.reduceat(scores[:, :n], starts, axis=1)  # disjoint columns per run
+
+    with single_threaded():
+        parallel_map(score, runs, workers)
     return per_token
 
 
