@@ -43,13 +43,16 @@ def single_threaded() -> Iterator[None]:
     global _depth
     with _lock:
         if _depth == 0:
+            # read both before setting either: torch and FAISS may share one OpenMP runtime
             torch, faiss = sys.modules.get("torch"), sys.modules.get("faiss")
             if torch is not None:
                 _saved["torch"] = torch.get_num_threads()
-                torch.set_num_threads(1)
             if faiss is not None:
                 _saved["faiss"] = faiss.omp_get_max_threads()
+            if faiss is not None:
                 faiss.omp_set_num_threads(1)
+            if torch is not None:
+                torch.set_num_threads(1)
         _depth += 1
     try:
         yield
@@ -57,10 +60,10 @@ def single_threaded() -> Iterator[None]:
         with _lock:
             _depth -= 1
             if _depth == 0:
-                if "torch" in _saved:
-                    sys.modules["torch"].set_num_threads(_saved.pop("torch"))
                 if "faiss" in _saved:
                     sys.modules["faiss"].omp_set_num_threads(_saved.pop("faiss"))
+                if "torch" in _saved:
+                    sys.modules["torch"].set_num_threads(_saved.pop("torch"))
 
 
 def parallel_map(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
