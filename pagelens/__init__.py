@@ -8,20 +8,26 @@ from __future__ import annotations
 from typing import Any
 
 from engine.types import Embedding, truncate_single
-from pagelens.errors import IndexNotFoundError, NoModelError, PagelensError
-from pagelens.results import Hit, IndexInfo
+from pagelens.errors import (
+    BadEmbeddingError, EncoderOutputError, IndexExistsError, IndexNotFoundError, NoModelError, PagelensError,
+)
+from pagelens.results import Hit, IndexInfo, VerifyReport
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BadEmbeddingError",
     "Embedding",
     "Encoder",
+    "EncoderOutputError",
     "Hit",
     "Index",
+    "IndexExistsError",
     "IndexInfo",
     "IndexNotFoundError",
     "NoModelError",
     "PagelensError",
+    "VerifyReport",
     "__version__",
     "load_encoder",
     "truncate_single",

@@ -6,14 +6,15 @@ Every `pagelens` CLI command is a thin layer over one method here.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from engine.types import Embedding
-from pagelens.errors import IndexNotFoundError, NoModelError, PagelensError
-from pagelens.results import Hit, IndexInfo
+from pagelens.errors import BadEmbeddingError, EncoderOutputError, IndexExistsError, IndexNotFoundError, NoModelError, PagelensError
+from pagelens.results import DamagedDocument, Hit, IndexInfo, ModelLoaded, ModelLoading, VerifyReport
 
 DEFAULT_MODEL = "jinaai/jina-embeddings-v4"
 
@@ -34,8 +35,119 @@ def _load_encoder(model: str, **kwargs: Any):
     return load_encoder(model, **kwargs)
 
 
+def _load_reporting(on_event: Callable[[Any], None] | None, model: str, **kwargs: Any):
+    """`_load_encoder`, telling ``on_event`` when the load starts (it takes seconds) and ends."""
+    if on_event is not None:
+        on_event(ModelLoading(model=str(model)))
+    start = time.perf_counter()
+    encoder = _load_encoder(model, **kwargs)
+    if on_event is not None:
+        on_event(ModelLoaded(model=str(model), seconds=time.perf_counter() - start))
+    return encoder
+
+
 def _is_index_dir(directory: Path) -> bool:
     return (directory / "manifest.json").is_file()
+
+
+FLOAT16_MAX = 65504.0  # token vectors are stored as float16: anything larger would be stored as inf
+
+
+def check_embedding(emb: Embedding, what: str, single_dim: int, multi_dim: int, *, stored: bool) -> None:
+    """Refuse an embedding the index cannot store or search meaningfully: wrong widths, no token
+    vectors, NaN or inf anywhere, or (``stored``) token values beyond float16's range."""
+    single, multi = np.asarray(emb.single), np.asarray(emb.multi)
+    if single.ndim != 1 or multi.ndim != 2 or single.shape[0] != single_dim or multi.shape[1] != multi_dim:
+        width = lambda a: str(a.shape[-1]) if a.ndim else "0"  # noqa: E731
+        raise BadEmbeddingError(
+            f"{what} has single {width(single)}-d / multi {width(multi)}-d, "
+            f"the index stores {single_dim}-d / {multi_dim}-d",
+            "Embed with the same model and widths the index was created with.",
+        )
+    if multi.shape[0] == 0:
+        raise BadEmbeddingError(
+            f"{what} has no token vectors (an empty multi-vector scores nothing)",
+            "Give at least one token vector per page and per query.",
+        )
+    with np.errstate(over="ignore", invalid="ignore"):
+        for name, arr in (("single vector", single), ("token vectors", multi)):
+            try:
+                finite = bool(np.isfinite(np.asarray(arr, dtype=np.float32)).all())
+            except (TypeError, ValueError):
+                finite = False
+            if not finite:
+                raise BadEmbeddingError(
+                    f"{what} has NaN or infinite values in its {name}",
+                    "Check the encoder's output (a float16 overflow gives inf: try --dtype float32).",
+                )
+        if stored and multi.size and float(np.abs(np.asarray(multi, dtype=np.float32)).max()) > FLOAT16_MAX:
+            raise BadEmbeddingError(
+                f"{what} has token values beyond +-{FLOAT16_MAX:g}, which the index's float16 store would turn into inf",
+                "L2-normalise the token vectors (rows of unit length), as the model does.",
+            )
+
+
+def clean_query(query: Any, what: str = "the query") -> str:
+    """A query as valid Unicode text. Bytes that were not UTF-8 (lone surrogates, as an invalid
+    command-line argument or os.fsdecode gives them) become U+FFFD; an empty query is refused."""
+    if not isinstance(query, str):
+        raise PagelensError(f"{what} must be a string, got {type(query).__name__}", "Pass the query as text.")
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            query = query.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        except UnicodeEncodeError:
+            query = "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in query)
+    if not query.strip():
+        raise PagelensError(f"{what} is empty", "Say what you are looking for, e.g. \"revenue by region in 2023\".")
+    return query
+
+
+def _check_search_args(k: Any, candidates: Any) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise PagelensError(f"k must be an integer of at least 1, got {k!r}", "Ask for k=1 or more pages.")
+    if candidates is not None and (
+        isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer)) or candidates < 1
+    ):
+        raise PagelensError(
+            f"candidates must be an integer of at least 1, got {candidates!r}",
+            "Leave it unset (200), or give a shortlist size; it is raised to k when smaller.",
+        )
+
+
+class _PageEncoder:
+    """What `Index.add` hands the indexing pipeline.
+
+    ``identity`` and ``max_pixels`` are the index's recorded ones, so a run with nothing new to
+    encode never loads the model; the real encoder loads on the first ``encode_images`` call (and
+    must match the index). Every embedding it returns is checked before it can be stored."""
+
+    def __init__(self, index: "Index", encoder: Any = None, on_event: Callable[[Any], None] | None = None):
+        self._index, self._encoder, self._on_event = index, encoder, on_event
+        source = encoder.identity if encoder is not None else index.identity
+        self.identity = dict(source)
+        self.max_pixels = (
+            getattr(encoder, "max_pixels", None) if encoder is not None else self.identity.get("max_pixels")
+        )
+
+    @property
+    def loaded(self) -> bool:
+        return self._encoder is not None
+
+    def encode_images(self, images: Sequence[Any], *, batch_size: int = 8, show_progress_bar: bool | None = None):
+        if self._encoder is None:
+            self._encoder = self._index._own_encoder(for_adding=True, on_event=self._on_event)
+        out = self._encoder.encode_images(images, batch_size=batch_size, show_progress_bar=show_progress_bar)
+        store = self._index._store
+        for i, emb in enumerate(out):
+            what = "the encoder's output" if len(images) == 1 else f"the encoder's output for image {i + 1} of {len(images)}"
+            try:
+                check_embedding(emb, what, store.single_dim, store.multi_dim, stored=True)
+            except BadEmbeddingError as error:
+                # not a UserError: the pipeline fails the document holding this page and goes on
+                raise EncoderOutputError(error.message, error.hint) from None
+        return out
 
 
 class Index:
@@ -44,9 +156,14 @@ class Index:
     >>> index = Index.create("my-index", model="jinaai/jina-embeddings-v4")   # doctest: +SKIP
     >>> index.add(["reports/"])                                              # doctest: +SKIP
     >>> index.search("revenue by region in 2023", k=5)                       # doctest: +SKIP
+
+    ``on_event`` (given to ``create``, ``open``, ``open_or_create`` or set as an attribute) is
+    called with `pagelens.results.ModelLoading` / `ModelLoaded` around a model load, which takes
+    seconds; ``add`` also sends it the indexing progress events.
     """
 
-    def __init__(self, directory: Path, store: Any, *, encoder: Any = None, device=None, dtype=None):
+    def __init__(self, directory: Path, store: Any, *, encoder: Any = None, device=None, dtype=None,
+                 on_event: Callable[[Any], None] | None = None):
         self.directory = Path(directory)
         self._store = store
         self._encoder = encoder
@@ -55,6 +172,7 @@ class Index:
         self._retriever = None
         self._dirty = False
         self._model: str | None = None  # overrides the recorded model location when set
+        self.on_event = on_event
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -73,6 +191,7 @@ class Index:
         multi_dim: int | None = None,
         search_dim: int | None = None,
         prefilter: str = "auto",
+        on_event: Callable[[Any], None] | None = None,
     ) -> "Index":
         """Create a new, empty index.
 
@@ -83,15 +202,23 @@ class Index:
         ``search_dim`` is the Matryoshka width of the single-vector FAISS index (default: full; the
         stored vectors stay full width). ``prefilter`` is its kind: "auto" (exact below 5k pages,
         HNSW above), "flat", "hnsw" or "ivf". Both are fixed at creation.
+
+        Raises `pagelens.errors.IndexExistsError` (an `indexer.errors.IndexExistsError`) when the folder
+        already holds an index: checked before the model loads, and again, under the writer lock,
+        by the store itself (another process may be creating it at the same moment).
         """
         directory = Path(directory)
-        if _is_index_dir(directory):
-            raise PagelensError(
+        if _is_index_dir(directory):  # cheap and early (no model load); the store checks again under its lock
+            raise IndexExistsError(
                 f"an index already exists at {directory}",
                 "Open it with Index.open(), or choose another directory.",
             )
+        if prefilter not in ("auto", "flat", "hnsw", "ivf"):
+            raise PagelensError(f"unknown prefilter {prefilter!r}", "Choose auto, flat, hnsw or ivf.")
+        if search_dim is not None and search_dim < 1:
+            raise PagelensError(f"search_dim must be at least 1, got {search_dim}", "Leave it unset for the full width.")
         if encoder is None and model is not None:
-            encoder = _load_encoder(model, task=task, device=device, dtype=dtype, max_pixels=max_pixels)
+            encoder = _load_reporting(on_event, model, task=task, device=device, dtype=dtype, max_pixels=max_pixels)
         if encoder is not None:
             identity = dict(encoder.identity)
             single_dim, multi_dim = encoder.single_dim, encoder.multi_dim
@@ -110,13 +237,11 @@ class Index:
                 f"search_dim {search_dim} is not usable with {single_dim}-d single vectors",
                 f"Choose one of {list(allowed)}." if allowed else f"Choose a width from 1 to {single_dim}.",
             )
-        if prefilter not in ("auto", "flat", "hnsw", "ivf"):
-            raise PagelensError(f"unknown prefilter {prefilter!r}", "Choose auto, flat, hnsw or ivf.")
         settings = {"search_dim": search_dim, "prefilter": prefilter}
         store = _store_module().Store.create(
             directory, identity=identity, single_dim=single_dim, multi_dim=multi_dim, settings=settings
         )
-        return cls(directory, store, encoder=encoder, device=device, dtype=dtype)
+        return cls(directory, store, encoder=encoder, device=device, dtype=dtype, on_event=on_event)
 
     @classmethod
     def open(
@@ -128,6 +253,7 @@ class Index:
         device: str | None = None,
         dtype: str | None = None,
         writable: bool = False,
+        on_event: Callable[[Any], None] | None = None,
     ) -> "Index":
         """Open an existing index. The model loads lazily, on the first call that needs it: the
         one recorded in the index, or ``model`` (the same checkpoint moved to another folder, say;
@@ -139,7 +265,7 @@ class Index:
                 "Create one with `pagelens index PATH... --index DIR`, or check the --index path.",
             )
         store = _store_module().Store.open(directory, writable=writable)
-        index = cls(directory, store, device=device, dtype=dtype)
+        index = cls(directory, store, device=device, dtype=dtype, on_event=on_event)
         index._model = model
         if encoder is not None:
             try:
@@ -161,27 +287,41 @@ class Index:
         dtype: str | None = None,
         max_pixels: int | None = None,
         search_dim: int | None = None,
+        on_event: Callable[[Any], None] | None = None,
     ) -> "Index":
         """Open the index at ``directory`` for adding, or create it with ``model`` (default jina-v4).
 
         On an existing index, a ``model``, ``task`` or ``max_pixels`` given explicitly must match the
-        index's own encoder: adding pages from another encoder is refused, never mixed in."""
+        index's own encoder: adding pages from another encoder is refused, never mixed in. Without
+        them, the model loads only once a page must be encoded (a run with nothing new never loads it).
+        When another process creates the index at the same moment, this one opens it instead."""
+        from indexer.errors import IndexExistsError as StoreIndexExists  # noqa: PLC0415
+
         directory = Path(directory)
         if not _is_index_dir(directory):
-            return cls.create(
-                directory, model=model or DEFAULT_MODEL, task=task or "retrieval",
-                device=device, dtype=dtype, max_pixels=max_pixels, search_dim=search_dim,
-            )
-        index = cls.open(directory, device=device, dtype=dtype, writable=True)
-        if model is not None or task is not None or max_pixels is not None:
-            identity = index.identity or {}
-            encoder = _load_encoder(
-                model or identity.get("model", DEFAULT_MODEL),
-                task=task or identity.get("task", "retrieval"),
-                device=device, dtype=dtype,
-                max_pixels=max_pixels or identity.get("max_pixels"),
+            encoder = _load_reporting(
+                on_event, model or DEFAULT_MODEL, task=task or "retrieval", device=device, dtype=dtype,
+                max_pixels=max_pixels,
             )
             try:
+                return cls.create(directory, encoder=encoder, device=device, dtype=dtype,
+                                  search_dim=search_dim, on_event=on_event)
+            except StoreIndexExists:
+                if not _is_index_dir(directory):
+                    raise  # a folder holding something else: say so
+            # created by another process since we looked: add to it, with the encoder already loaded
+            return cls.open(directory, encoder=encoder, device=device, dtype=dtype, writable=True, on_event=on_event)
+        index = cls.open(directory, device=device, dtype=dtype, writable=True, on_event=on_event)
+        if model is not None or task is not None or max_pixels is not None:
+            try:
+                identity = index.identity or {}
+                encoder = _load_reporting(
+                    on_event,
+                    model or identity.get("model", DEFAULT_MODEL),
+                    task=task or identity.get("task", "retrieval"),
+                    device=device, dtype=dtype,
+                    max_pixels=max_pixels or identity.get("max_pixels"),
+                )
                 index._check_encoder(encoder, for_adding=True)
             except BaseException:
                 index.close()
@@ -191,9 +331,13 @@ class Index:
 
     def close(self) -> None:
         """Bring the search structures in step with what this handle wrote, then release the index."""
-        if self._dirty and self._store is not None:
-            self.sync()
-        self._store.close()
+        if self._store is None:
+            return
+        try:
+            if self._dirty:
+                self.sync()
+        finally:
+            self._store.close()
 
     def __enter__(self) -> "Index":
         return self
@@ -210,14 +354,15 @@ class Index:
     @property
     def encoder(self):
         """The index's own encoder, loaded from its recorded identity on first use."""
+        return self._own_encoder(for_adding=False)
+
+    def _own_encoder(self, *, for_adding: bool, on_event: Callable[[Any], None] | None = None):
         if self._encoder is None:
             identity = self.identity
             if identity is None:
-                raise NoModelError(
-                    f"the index at {self.directory} was created without a model",
-                    "Use add_embeddings() and search_embedding() with embeddings made elsewhere.",
-                )
-            encoder = _load_encoder(
+                raise self._no_model()
+            encoder = _load_reporting(
+                on_event or self.on_event,
                 self._model or identity["model"],
                 task=identity["task"],
                 device=self._device,
@@ -226,7 +371,15 @@ class Index:
             )
             self._check_encoder(encoder, for_adding=False)
             self._encoder = encoder
+        if for_adding:
+            self._check_encoder(self._encoder, for_adding=True)
         return self._encoder
+
+    def _no_model(self) -> NoModelError:
+        return NoModelError(
+            f"the index at {self.directory} was created without a model",
+            "Use add_embeddings() and search_embedding() with embeddings made elsewhere.",
+        )
 
     def _check_encoder(self, encoder: Any, *, for_adding: bool) -> None:
         if for_adding:
@@ -258,30 +411,65 @@ class Index:
         batch_size: int = 8,
         password: str | None = None,
         on_event: Callable[[Any], None] | None = None,
+        repair: bool = False,
     ):
-        """Index PDFs, folders of PDFs and page images. Unchanged files are skipped; see IndexReport."""
+        """Index PDFs, folders of PDFs and page images. Unchanged files are skipped; see IndexReport.
+
+        The model loads only when a page must be encoded. ``repair=True`` first checks every stored
+        page (`verify`) and re-encodes the damaged documents too (they need not be among ``paths``);
+        the report's ``repaired`` lists them."""
         from indexer.pipeline import index_paths  # noqa: PLC0415
 
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise PagelensError(f"batch_size must be an integer of at least 1, got {batch_size!r}", "Use e.g. 8.")
+        if dpi is not None and not dpi > 0:
+            raise PagelensError(f"dpi must be positive, got {dpi!r}", "Leave it unset (144) or use e.g. 200.")
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        paths = [os.fspath(p) for p in paths]
+        if self._encoder is None and self.identity is None:
+            raise self._no_model()
         store = self._writable()
-        encoder = self.encoder  # index_paths refuses an encoder whose identity differs from the index's
+        repaired: list[str] = []
+        if repair:
+            damage = store.check_integrity()
+            repaired = [d.path for d in damage.damaged]
+            if repaired:
+                store.mark_for_reindex(repaired)  # their unchanged SHA-256 would otherwise skip them
+                given = set(paths)
+                paths += [p for p in repaired if p not in given]
+            elif not paths:  # nothing damaged, nothing asked for: no run to record
+                from indexer.report import IndexReport  # noqa: PLC0415
+
+                report = IndexReport()
+                report.repaired = []
+                return report
+        encoder = _PageEncoder(self, self._encoder, on_event=on_event or self.on_event)
         kwargs: dict[str, Any] = {"batch_size": batch_size, "password": password, "on_event": on_event}
         if dpi is not None:
             kwargs["dpi"] = dpi
-        report = index_paths(store, encoder, [os.fspath(p) for p in paths], **kwargs)
+        report = index_paths(store, encoder, paths, **kwargs)
+        if encoder.loaded:
+            self._encoder = encoder._encoder
+        report.repaired = repaired
         self.sync()
         return report
 
+    def repair(self, **kwargs: Any):
+        """Re-encode exactly the documents whose stored pages fail their checksum (see `verify`);
+        the same as ``add([], repair=True)``. Returns the IndexReport (``repaired``: their paths)."""
+        return self.add([], repair=True, **kwargs)
+
     def add_embeddings(self, path: str, pages: Sequence[Embedding]) -> list[int]:
-        """Store a document whose page i+1 is ``pages[i]``, embedded elsewhere. Returns page ids."""
+        """Store a document whose page i+1 is ``pages[i]``, embedded elsewhere. Returns page ids.
+
+        Every page needs at least one token vector and finite values (token values within float16's
+        range, as they are stored in float16); anything else is refused before anything is written."""
         store = self._writable()
+        pages = list(pages)
         for i, page in enumerate(pages):
-            if page.single.shape[0] != store.single_dim or page.multi.shape[1] != store.multi_dim:
-                raise PagelensError(
-                    f"page {i + 1} of {path} has single {page.single.shape[0]}-d / multi {page.multi.shape[1]}-d, "
-                    f"the index stores {store.single_dim}-d / {store.multi_dim}-d",
-                    "Embed with the same model and widths the index was created with.",
-                )
-        page_ids = store.add_document(path, list(pages))
+            check_embedding(page, f"page {i + 1} of {path}", store.single_dim, store.multi_dim, stored=True)
+        page_ids = store.add_document(path, pages)
         self._dirty = True  # search structures catch up once, at the next search or close()
         return page_ids
 
@@ -289,10 +477,12 @@ class Index:
         """Remove documents by the path they were indexed under, or every document under a folder.
 
         Returns the number of pages removed."""
+        from indexer.store import document_key  # noqa: PLC0415
+
         store = self._writable()
         removed = 0
         for path in paths:
-            target = os.path.abspath(os.fspath(path))
+            target = document_key(path)  # an identifier (s3://...) as given, a local path made absolute
             prefix = target.rstrip(os.sep) + os.sep
             matches = [d.path for d in store.documents() if d.path == target or d.path.startswith(prefix)]
             for doc_path in matches:
@@ -320,6 +510,20 @@ class Index:
             extra={"settings": self._store.settings},
         )
 
+    def verify(self) -> VerifyReport:
+        """Read every stored page and compare its checksum; never raises on damage, reports it.
+        ``report.damaged`` names the documents to re-index (`repair` does it)."""
+        found = self._store.check_integrity()
+        return VerifyReport(
+            directory=str(self.directory),
+            pages_checked=int(found.pages_checked),
+            damaged=[
+                DamagedDocument(path=d.path, display_path=d.display_path, pages=[int(p) for p in d.pages], reason=d.reason)
+                for d in found.damaged
+            ],
+            problems=[str(p) for p in found.problems],
+        )
+
     def _retrieval(self):
         if self._retriever is None:
             from pagelens.retrieval import Retriever  # noqa: PLC0415
@@ -330,6 +534,7 @@ class Index:
             self._retriever = Retriever(
                 self.directory / "derived", self._store, device=device,
                 single_dim=settings.get("search_dim"), prefilter=settings.get("prefilter") or "auto",
+                persist=bool(getattr(self._store, "writable", False)),  # a reader writes nothing into the index
             )
         return self._retriever
 
@@ -341,8 +546,15 @@ class Index:
         self._retrieval().sync()
         self._dirty = False
 
+    def _has_pages(self) -> bool:
+        self._store.refresh()  # a long-lived reader sees pages committed since it opened
+        return len(self._store.live_page_ids()) > 0
+
     def search(self, query: str, *, k: int = 10, candidates: int | None = None, exhaustive: bool = False) -> list[Hit]:
-        """Find the k pages that best answer ``query``, best first."""
+        """Find the k pages that best answer ``query``, best first.
+
+        ``candidates`` (default 200) is the shortlist the exact MaxSim rerank sees, raised to ``k``
+        when smaller; an index with at least k pages always gives k hits."""
         return self.search_batch([query], k=k, candidates=candidates, exhaustive=exhaustive)[0]
 
     def search_batch(
@@ -354,8 +566,17 @@ class Index:
         exhaustive: bool = False,
         batch_size: int = 8,
     ) -> list[list[Hit]]:
-        """Search many queries at once; the encoder batches them."""
-        embeddings = self.encoder.encode_queries(list(queries), batch_size=batch_size, show_progress_bar=False)
+        """Search many queries at once; the encoder batches them. An index with no pages gives
+        empty results without loading the model."""
+        if isinstance(queries, str):
+            queries = [queries]
+        _check_search_args(k, candidates)
+        texts = [clean_query(q, "the query" if len(queries) == 1 else f"query {i + 1}") for i, q in enumerate(queries)]
+        if self.identity is None and self._encoder is None:
+            raise self._no_model()
+        if not texts or not self._has_pages():
+            return [[] for _ in texts]
+        embeddings = self.encoder.encode_queries(texts, batch_size=batch_size, show_progress_bar=False)
         return self.search_embeddings(embeddings, k=k, candidates=candidates, exhaustive=exhaustive)
 
     def search_embedding(
@@ -372,24 +593,21 @@ class Index:
         candidates: int | None = None,
         exhaustive: bool = False,
     ) -> list[list[Hit]]:
-        if k < 1:
-            raise PagelensError(f"k must be at least 1, got {k}")
+        _check_search_args(k, candidates)
         store = self._store
-        for emb in embeddings:
-            if emb.single.shape[0] != store.single_dim or emb.multi.shape[1] != store.multi_dim:
-                raise PagelensError(
-                    f"query embedding is single {emb.single.shape[0]}-d / multi {emb.multi.shape[1]}-d, "
-                    f"the index stores {store.single_dim}-d / {store.multi_dim}-d",
-                    "Encode queries with the model the index was built with.",
-                )
-        store.refresh()  # a long-lived reader sees pages committed since it opened
+        embeddings = list(embeddings)
+        for i, emb in enumerate(embeddings):
+            what = "the query embedding" if len(embeddings) == 1 else f"query embedding {i + 1}"
+            check_embedding(emb, what, store.single_dim, store.multi_dim, stored=False)
+        if not embeddings or not self._has_pages():
+            return [[] for _ in embeddings]
         retriever = self._retrieval()
         self.sync()
         results = retriever.search_batch(
             [np.asarray(e.multi, np.float32) for e in embeddings],
             [np.asarray(e.single, np.float32) for e in embeddings],
-            k=k,
-            candidates=candidates,
+            k=int(k),
+            candidates=None if candidates is None else int(candidates),
             exhaustive=exhaustive,
         )
         return [self._hits(scored) for scored in results]

@@ -1,18 +1,33 @@
-"""The `pagelens` command line: each command is a thin layer over one `pagelens.Index` method."""
+"""The `pagelens` command line: each command is a thin layer over one `pagelens.Index` method.
+
+Options are checked before anything heavy loads (a bad value is a usage error, exit 2, naming the
+option and what it accepts); torch and the model load only when something must be encoded.
+Errors are one message and a hint, never a traceback; Ctrl-C and SIGTERM stop a run cleanly.
+Plain-text output escapes control characters in paths and messages; --json output is exact.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
+import sqlite3
 import sys
+import threading
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Callable, List, NoReturn, Optional
 
 import typer
 
 from pagelens import __version__
+from engine.config import DEFAULT_TASKS
 from engine.errors import UserError
-from pagelens.errors import EXIT_ERROR, EXIT_NOTHING_USABLE, EXIT_OK, EXIT_SOME_FAILED
+from pagelens.errors import (
+    EXIT_DAMAGED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NOTHING_USABLE, EXIT_OK, EXIT_SOME_FAILED, EXIT_TERMINATED,
+    EncoderOutputError, PagelensError,
+)
+from pagelens.results import printable
 
 app = typer.Typer(
     name="pagelens",
@@ -20,12 +35,80 @@ app = typer.Typer(
         "Visual document retrieval: index folders of PDFs and page images, then find the page that "
         "answers a question, by how it looks as well as what it says.\n\n"
         "Exit codes: 0 done; 1 some inputs failed (the rest was indexed); 2 bad command line; "
-        "3 nothing usable was indexed; 4 error (missing index, model unavailable, encoder mismatch)."
+        "3 nothing usable was indexed; 4 error (missing index, model unavailable, encoder mismatch, "
+        "unreadable catalogue); 5 verify found damage; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): "
+        "every finished document is kept and the same command resumes."
     ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click errors: one line each, no boxes that wrap what a script greps
 )
+
+INTERRUPTED_MESSAGE = "Interrupted: the index holds every document finished so far; run the same command to resume."
+
+# The dtype names engine.loader accepts (kept here so checking them does not import torch).
+DTYPES = ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16", "half", "float")
+_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+
+
+# ---- option checks: run while the command line is parsed, before anything loads ---------------
+
+
+def _at_least(minimum: int) -> Callable[[Optional[int]], Optional[int]]:
+    def check(value: Optional[int]) -> Optional[int]:
+        if value is not None and value < minimum:
+            raise typer.BadParameter(f"{value} is too small: give an integer of at least {minimum}.")
+        return value
+
+    return check
+
+
+def _check_task(value: Optional[str]) -> Optional[str]:
+    if value is not None and value not in DEFAULT_TASKS:
+        raise typer.BadParameter(f"{printable(value)!r} is not a task; choose one of: {', '.join(DEFAULT_TASKS)}.")
+    return value
+
+
+def _check_dtype(value: Optional[str]) -> Optional[str]:
+    if value is not None and value.lower().removeprefix("torch.") not in DTYPES:
+        raise typer.BadParameter(
+            f"{printable(value)!r} is not a dtype; choose float32, bfloat16 or float16 (or fp32, bf16, fp16)."
+        )
+    return value
+
+
+def _check_device(value: Optional[str]) -> Optional[str]:
+    if value is None:
+        return None
+    device = value.strip().lower()
+    if not _DEVICE.match(device):
+        raise typer.BadParameter(f"{printable(value)!r} is not a device; choose cpu, cuda, cuda:N or mps.")
+    if device.startswith("cuda"):  # only now is torch worth importing: to ask whether CUDA is there
+        import torch  # noqa: PLC0415
+
+        if not torch.cuda.is_available():
+            raise typer.BadParameter(
+                f"{value!r} was asked for but CUDA is not available on this machine "
+                f"(torch {torch.__version__}); use --device cpu, or leave --device unset."
+            )
+        count = torch.cuda.device_count()
+        number = int(device.partition(":")[2] or 0)
+        if number >= count:
+            raise typer.BadParameter(f"{value!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}.")
+    return device
+
+
+def _check_query(value: str) -> str:
+    from pagelens.api import clean_query  # noqa: PLC0415 - numpy only
+
+    try:
+        return clean_query(value)
+    except PagelensError as error:
+        raise typer.BadParameter(f"{error.message}: say what you are looking for.") from None
+
+
+# ---- shared options ----------------------------------------------------------------------------
 
 IndexOption = typer.Option(
     ...,
@@ -35,41 +118,113 @@ IndexOption = typer.Option(
     help="Index directory (default: $PAGELENS_INDEX).",
 )
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
-DeviceOption = typer.Option(None, "--device", help="Torch device for the model: cpu, cuda, cuda:1 (default: cuda if present).")
+DeviceOption = typer.Option(
+    None, "--device", callback=_check_device,
+    help="Torch device for the model: cpu, cuda, cuda:N or mps (default: cuda if present).",
+)
+
+
+# ---- output and errors -------------------------------------------------------------------------
 
 
 def _err(message: str) -> None:
-    typer.echo(message, err=True)
+    typer.echo(printable(message), err=True)
 
 
-def _fail(error: UserError) -> None:
-    """Print a user error as one message (and its hint), never a traceback."""
-    _err(f"Error: {error.message}")
-    if error.hint:
-        _err(f"Hint: {error.hint}")
+def _out(message: str) -> None:
+    typer.echo(printable(message))
+
+
+def _fail(message: str, hint: Optional[str] = None) -> NoReturn:
+    """Print one error message (and its hint), never a traceback, and exit 4."""
+    _err(f"Error: {message}")
+    if hint:
+        _err(f"Hint: {hint}")
     raise typer.Exit(EXIT_ERROR)
 
 
-def _run(fn, *args: Any, **kwargs: Any) -> Any:
-    try:
-        return fn(*args, **kwargs)
-    except UserError as error:
-        _fail(error)
-    except OSError as error:  # disk full, permissions, a vanished index directory
-        _err(f"Error: {error.strerror or error} ({error.filename or 'I/O'})")
-        _err("Hint: every finished document is kept; fix the cause (free space, permissions) and run the same command again.")
-        raise typer.Exit(EXIT_ERROR)
-    except MemoryError:
-        _err("Error: out of memory.")
-        _err("Hint: every finished document is kept; try a smaller --batch-size or --max-pixels and run again.")
-        raise typer.Exit(EXIT_ERROR)
-    except KeyboardInterrupt:
-        _err("Interrupted: the index holds every document finished so far; run the same command to resume.")
-        raise typer.Exit(130)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
+    # paths that were not UTF-8 hold lone surrogates: write them as JSON escapes (they cannot be
+    # encoded as UTF-8); json.loads gives the exact path back
+    typer.echo(_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text))
+
+
+def _verify_hint(index: Optional[Path]) -> str:
+    where = f" --index {printable(index)}" if index is not None else ""
+    return (
+        f"run `pagelens verify{where}` to see what is damaged; restore the index folder from a backup, "
+        "or rebuild it by indexing into a new --index folder"
+    )
+
+
+def _run(fn: Callable[[], Any], *, index: Optional[Path] = None) -> Any:
+    """Run a command's work; every failure becomes one message and an exit code."""
+    try:
+        return fn()
+    except (UserError, EncoderOutputError) as error:
+        _fail(error.message, error.hint)
+    except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM through _on_signal
+        _stop(getattr(error, "signum", None))
+    except sqlite3.Error as error:  # a damaged catalogue the store did not catch itself
+        _fail(f"the index catalogue cannot be read ({type(error).__name__}: {error})", _verify_hint(index))
+    except OSError as error:  # disk full, permissions, a vanished index directory
+        _fail(
+            f"{error.strerror or error} ({error.filename or 'I/O'})",
+            "every finished document is kept; fix the cause (free space, permissions) and run the same command again.",
+        )
+    except MemoryError:
+        _fail("out of memory.", "every finished document is kept; try a smaller --batch-size or --max-pixels and run again.")
+    except Exception as error:  # noqa: BLE001 - the last safety net: never a raw traceback
+        if os.environ.get("PAGELENS_DEBUG"):
+            raise
+        _fail(
+            f"unexpected failure: {type(error).__name__}: {error}",
+            "every finished document is kept; if the index may be damaged, " + _verify_hint(index)
+            + ". To report it, run again with PAGELENS_DEBUG=1 for the traceback.",
+        )
+
+
+# ---- signals -----------------------------------------------------------------------------------
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised in the main thread by SIGINT or SIGTERM (see `main`)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_signals: dict[str, Any] = {"received": None, "reported": False}
+
+
+def _on_signal(signum: int, _frame: Any) -> None:
+    if _signals["received"] is not None:
+        # a second signal while the first one's clean stop runs: stop now. Still safe: every
+        # committed document is durable, and the next run cuts whatever was in flight
+        first = _signals["received"]
+        if not _signals["reported"]:
+            os.write(2, (INTERRUPTED_MESSAGE + "\n").encode())
+        os._exit(EXIT_TERMINATED if signal.SIGTERM in (first, signum) else EXIT_INTERRUPTED)
+    _signals["received"] = signum
+    raise Interrupted(signum)
+
+
+def _install_signal_handlers() -> None:
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _on_signal)
+
+
+def _stop(signum: Optional[int]) -> NoReturn:
+    signum = signum or _signals["received"] or signal.SIGINT
+    _signals["reported"] = True
+    _err(INTERRUPTED_MESSAGE)
+    raise typer.Exit(EXIT_TERMINATED if signum == signal.SIGTERM else EXIT_INTERRUPTED)
 
 
 def _version(value: bool) -> None:
@@ -85,9 +240,28 @@ def _main(
     """pagelens: visual document retrieval over PDFs."""
 
 
+def _notices(enabled: bool) -> Optional[Callable[[Any], None]]:
+    """An on_event callback that says when the model starts loading (stderr), or None."""
+    if not enabled:
+        return None
+    from pagelens.progress import model_notice  # noqa: PLC0415
+
+    def on_event(event: Any) -> None:
+        line = model_notice(event)
+        if line is not None:
+            typer.echo(line, err=True)
+
+    return on_event
+
+
+# ---- commands ----------------------------------------------------------------------------------
+
+
 @app.command("index")
 def index_command(
-    paths: List[Path] = typer.Argument(..., help="PDFs, page images (png, jpg, tiff) or folders (searched recursively)."),
+    paths: Optional[List[Path]] = typer.Argument(
+        None, help="PDFs, page images (png, jpg, tiff) or folders (searched recursively); optional with --repair.",
+    ),
     index: Path = IndexOption,
     model: Optional[str] = typer.Option(
         None,
@@ -98,36 +272,65 @@ def index_command(
         "(default: jinaai/jina-embeddings-v4 for a new index, the index's own model otherwise).",
     ),
     task: Optional[str] = typer.Option(
-        None, "--task", help="LoRA task adapter: retrieval, text-matching or code (default: retrieval)."
+        None, "--task", callback=_check_task,
+        help=f"LoRA task adapter: {', '.join(DEFAULT_TASKS)} (default: retrieval).",
     ),
-    dpi: Optional[int] = typer.Option(None, "--dpi", help="Render resolution for PDF pages (default: 144; the encoder's pixel cap still applies)."),
-    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Pixel cap per page for the encoder (default: the model's)."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Pages per encoder batch."),
+    dpi: Optional[int] = typer.Option(
+        None, "--dpi", callback=_at_least(1),
+        help="Render resolution for PDF pages, at least 1 (default: 144; the encoder's pixel cap still applies).",
+    ),
+    max_pixels: Optional[int] = typer.Option(
+        None, "--max-pixels", callback=_at_least(1),
+        help="Pixel cap per page for the encoder, at least 1 (default: the model's).",
+    ),
+    batch_size: int = typer.Option(8, "--batch-size", callback=_at_least(1), help="Pages per encoder batch, at least 1."),
     search_dim: Optional[int] = typer.Option(
-        None, "--search-dim",
+        None, "--search-dim", callback=_at_least(1),
         help="Matryoshka width of the single-vector prefilter (128, 256, 512, 1024; default: full). "
         "Fixed when the index is created.",
     ),
     device: Optional[str] = DeviceOption,
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: bf16 on CUDA, fp32 on CPU)."),
+    dtype: Optional[str] = typer.Option(
+        None, "--dtype", callback=_check_dtype,
+        help="float32, bfloat16 or float16 (default: bf16 on CUDA, fp32 on CPU).",
+    ),
     password: Optional[str] = typer.Option(None, "--password", help="Password for encrypted PDFs."),
+    repair: bool = typer.Option(
+        False, "--repair",
+        help="First check every stored page (as `pagelens verify` does) and re-encode the damaged documents; "
+        "PATHS may then be left out.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Index PDFs and page images into DIR, embedding only new or changed files."""
+    """Index PDFs and page images into DIR, embedding only new or changed files.
+
+    The model loads only when a page must be encoded: a run with nothing new takes a moment."""
+    paths = list(paths or [])
+    if not paths and not repair:
+        raise typer.BadParameter("give the PDFs, page images or folders to index (or --repair alone).", param_hint="PATHS...")
     from pagelens.api import Index
     from pagelens.progress import progress_reporter
 
     def work() -> Any:
-        idx = Index.open_or_create(
-            index, model=model, task=task, device=device, dtype=dtype, max_pixels=max_pixels, search_dim=search_dim
-        )
-        with idx, progress_reporter(enabled=not quiet and not as_json) as on_event:
-            return idx.add(paths, dpi=dpi, batch_size=batch_size, password=password, on_event=on_event)
+        with progress_reporter(enabled=not quiet and not as_json) as on_event:
+            if paths:
+                idx = Index.open_or_create(
+                    index, model=model, task=task, device=device, dtype=dtype, max_pixels=max_pixels,
+                    search_dim=search_dim, on_event=on_event,
+                )
+            else:  # --repair alone: there must be an index to repair
+                idx = Index.open(index, model=model, device=device, dtype=dtype, writable=True, on_event=on_event)
+            with idx:
+                return idx.add(paths, dpi=dpi, batch_size=batch_size, password=password, on_event=on_event, repair=repair)
 
-    report = _run(work)
+    report = _run(work, index=index)
+    repaired = list(getattr(report, "repaired", []) or [])
     if as_json:
-        _print_json(_report_dict(report))
+        data = _report_dict(report)
+        if repair:
+            data["repaired"] = repaired
+        _print_json(data)
     elif not quiet:
         for path, reason in report.failed:
             _err(f"failed: {path}: {reason}")
@@ -135,6 +338,13 @@ def index_command(
             f"{len(report.added)} added ({report.pages_added} pages), {len(report.skipped)} unchanged, "
             f"{len(report.removed)} removed, {len(report.failed)} failed in {report.elapsed:.1f}s"
         )
+        if repair:
+            if repaired:
+                _err(f"repaired: re-encoded {len(repaired)} damaged document(s): " + ", ".join(repaired))
+            else:
+                _err("repair: every stored page passes its checksum; nothing to re-encode")
+    if repair and not paths and not repaired:
+        raise typer.Exit(EXIT_OK)  # nothing was damaged: nothing to do is success
     raise typer.Exit(_OUTCOME_EXIT[report.outcome])
 
 
@@ -157,11 +367,17 @@ def _report_dict(report: Any) -> dict:
 
 @app.command("search")
 def search_command(
-    query: str = typer.Argument(..., help="What you are looking for, in any language."),
+    query: str = typer.Argument(
+        ..., callback=_check_query,
+        help="What you are looking for, in any language (not empty; bytes that are not UTF-8 are read as U+FFFD).",
+    ),
     index: Path = IndexOption,
-    k: int = typer.Option(10, "-k", "--k", help="Number of pages to return."),
-    candidates: Optional[int] = typer.Option(None, "--candidates", help="Pages the pooled-token stage proposes for the exact MaxSim rerank; the single-vector "
-        "stage adds a quarter as many (default: 200).",),
+    k: int = typer.Option(10, "-k", "--k", callback=_at_least(1), help="Number of pages to return, at least 1."),
+    candidates: Optional[int] = typer.Option(
+        None, "--candidates", callback=_at_least(1),
+        help="Shortlist for the exact MaxSim rerank: pages the pooled-token stage proposes (the single-vector "
+        "stage adds a quarter as many); at least 1, and raised to -k when smaller (default: 200).",
+    ),
     exhaustive: bool = typer.Option(False, "--exhaustive", help="Score every page by exact MaxSim (slow; ground truth)."),
     model: Optional[str] = typer.Option(
         None, "--model", "-m", envvar="PAGELENS_MODEL",
@@ -174,10 +390,10 @@ def search_command(
     from pagelens.api import Index
 
     def work() -> Any:
-        with Index.open(index, model=model, device=device) as idx:
+        with Index.open(index, model=model, device=device, on_event=_notices(not as_json)) as idx:
             return idx.search(query, k=k, candidates=candidates, exhaustive=exhaustive)
 
-    hits = _run(work)
+    hits = _run(work, index=index)
     if as_json:
         _print_json([{"rank": h.rank, "score": h.score, "path": h.path, "page": h.page} for h in hits])
         return
@@ -185,7 +401,7 @@ def search_command(
         _err("No pages in the index yet: add some with `pagelens index PATH... --index DIR`.")
         return
     for h in hits:
-        typer.echo(f"{h.rank:>3}  {h.score:8.4f}  {h.path}  page {h.page}")
+        _out(f"{h.rank:>3}  {h.score:8.4f}  {h.path}  page {h.page}")
 
 
 @app.command("info")
@@ -197,22 +413,55 @@ def info_command(index: Path = IndexOption, as_json: bool = JsonOption) -> None:
         with Index.open(index) as idx:
             return idx.info()
 
-    info = _run(work)
+    info = _run(work, index=index)
     if as_json:
         _print_json(info.to_dict())
         return
-    typer.echo(f"index:      {info.directory} (format {info.format_version})")
-    typer.echo(f"documents:  {info.documents} ({info.failed_documents} failed)")
-    typer.echo(f"pages:      {info.pages}")
-    typer.echo(f"vectors:    {info.vectors}")
+    _out(f"index:      {info.directory} (format {info.format_version})")
+    _out(f"documents:  {info.documents} ({info.failed_documents} failed)")
+    _out(f"pages:      {info.pages}")
+    _out(f"vectors:    {info.vectors}")
     for part, size in info.bytes_on_disk.items():
-        typer.echo(f"bytes:      {part:<16} {size:>14,}")
+        _out(f"bytes:      {part:<16} {size:>14,}")
     if info.identity:
         for key in ("model", "revision", "task", "single_dim", "multi_dim", "max_pixels", "image_processor"):
             if key in info.identity:
-                typer.echo(f"encoder:    {key:<16} {info.identity[key]}")
+                _out(f"encoder:    {key:<16} {info.identity[key]}")
     else:
-        typer.echo("encoder:    none (embeddings are brought by the user)")
+        _out("encoder:    none (embeddings are brought by the user)")
+
+
+@app.command("verify")
+def verify_command(index: Path = IndexOption, as_json: bool = JsonOption) -> None:
+    """Check every stored page against its checksum: say what is damaged and the command that repairs it.
+
+    Exit 0 when every page is intact, 5 when damage or index-level problems were found."""
+    from pagelens.api import Index
+
+    def work() -> Any:
+        with Index.open(index) as idx:
+            return idx.verify()
+
+    report = _run(work, index=index)
+    if as_json:
+        _print_json(report.to_dict())
+    elif report.ok:
+        _out(f"ok: {report.pages_checked} pages checked, every one passes its checksum")
+    else:
+        _out(f"{report.pages_checked} pages checked: {len(report.damaged)} damaged document(s), "
+             f"{len(report.problems)} index-level problem(s)")
+        for doc in report.damaged:
+            pages = ", ".join(str(p) for p in doc.pages)
+            _out(f"damaged: {doc.display_path} (page {pages}): {doc.reason}")
+        for problem in report.problems:
+            _out(f"problem: {problem}")
+        if report.damaged:
+            _out("Re-encode the damaged documents (nothing else is re-encoded) with:")
+            _out(f"  {report.repair_command}")
+        if report.problems:
+            _out("Index-level problems are not fixed by a repair run: restore the index folder from a backup, "
+                 "or rebuild it by indexing into a new --index folder.")
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_DAMAGED)
 
 
 @app.command("remove")
@@ -228,11 +477,11 @@ def remove_command(
         with Index.open(index, writable=True) as idx:
             return idx.remove(paths)
 
-    removed = _run(work)
+    removed = _run(work, index=index)
     if as_json:
         _print_json({"pages_removed": removed})
     else:
-        typer.echo(f"removed {removed} pages")
+        _out(f"removed {removed} pages")
 
 
 @app.command("compact")
@@ -244,16 +493,26 @@ def compact_command(index: Path = IndexOption, as_json: bool = JsonOption) -> No
         with Index.open(index, writable=True) as idx:
             return idx.compact()
 
-    result = _run(work)
+    result = _run(work, index=index)
     if as_json:
         _print_json({"bytes_reclaimed": result})
     else:
-        typer.echo(f"reclaimed {result:,} bytes")
+        _out(f"reclaimed {result:,} bytes")
 
 
 def main() -> None:
-    app(prog_name="pagelens")
+    """The `pagelens` console script: the app, with SIGINT and SIGTERM raising a clean stop."""
+    _install_signal_handlers()
+    try:
+        app(prog_name="pagelens")
+    except SystemExit:
+        received = _signals["received"]
+        if received is not None and not _signals["reported"]:  # stopped outside a command's work
+            _signals["reported"] = True
+            _err(INTERRUPTED_MESSAGE)
+            sys.exit(EXIT_TERMINATED if received == signal.SIGTERM else EXIT_INTERRUPTED)
+        raise
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -86,9 +86,39 @@ def shortlist(
     nprobe: int = DEFAULT_NPROBE,
     pooled: PooledIndex | None = None,
     per_token: int = DEFAULT_PER_TOKEN,
+    k: int = 0,
 ) -> np.ndarray:
     """Live page ids from the chosen generators (a union with quotas when several).
-    A generator whose structure is missing (no codebook yet, no single vector) is skipped."""
+    A generator whose structure is missing (no codebook yet, no single vector) is skipped.
+
+    ``candidates`` is a floor raised to ``k``, and the shortlist never holds fewer than
+    ``min(k, len(live_ids))`` pages: when the generators propose fewer (a generator returns what
+    its neighbours reach, removed pages drop out), it is topped up from a deeper single-vector
+    search, then from the remaining live pages, so a search of an index with at least k live pages
+    always returns k hits."""
+    ids = proposals(
+        query_multi, query_single, prefilter=prefilter, tokens=tokens, live_ids=live_ids,
+        candidates=max(int(candidates), int(k)), generators=generators, nprobe=nprobe, pooled=pooled,
+        per_token=per_token,
+    )
+    return top_up(ids, k, live_ids, prefilter=prefilter, query_single=query_single)
+
+
+def proposals(
+    query_multi: np.ndarray,
+    query_single: np.ndarray | None,
+    *,
+    prefilter: SinglePrefilter | None,
+    tokens: TokenIndex | None,
+    live_ids: np.ndarray,
+    candidates: int = DEFAULT_CANDIDATES,
+    generators: Sequence[str] | None = None,
+    nprobe: int = DEFAULT_NPROBE,
+    pooled: PooledIndex | None = None,
+    per_token: int = DEFAULT_PER_TOKEN,
+) -> np.ndarray:
+    """What the generators propose, as one sorted set (``union_with_quotas``), before any top-up;
+    empty when no generator could run."""
     rankings = []
     for gen in check_generators(generators):
         if gen == "single" and prefilter is not None and query_single is not None:
@@ -101,6 +131,32 @@ def shortlist(
             ids, _ = pooled.candidates(query_multi, candidates, per_token=per_token)
             rankings.append(live_subset(ids, live_ids))
     return union_with_quotas(rankings, candidates)
+
+
+def top_up(
+    ids: np.ndarray,
+    k: int,
+    live_ids: np.ndarray,
+    *,
+    prefilter: SinglePrefilter | None = None,
+    query_single: np.ndarray | None = None,
+) -> np.ndarray:
+    """``ids`` (sorted, unique) grown to at least ``min(k, len(live_ids))`` live pages: first with
+    the single-vector prefilter's next best pages, then with the lowest remaining live ids."""
+    ids = np.asarray(ids, dtype=np.int64)
+    want = min(int(k), len(live_ids))
+    if len(ids) >= want:
+        return ids
+    if prefilter is not None and query_single is not None and len(prefilter):
+        depth = min(len(prefilter), len(ids) + 2 * (want - len(ids)) + 16)
+        found, _ = prefilter.search(query_single, depth)
+        more = live_subset(found[0][found[0] >= 0], live_ids)
+        more = more[~np.isin(more, ids)][: want - len(ids)]
+        ids = np.union1d(ids, more)
+    if len(ids) < want:
+        rest = live_ids[~np.isin(live_ids, ids)][: want - len(ids)]
+        ids = np.union1d(ids, rest)
+    return ids
 
 
 def union_with_quotas(rankings: Sequence[np.ndarray], candidates: int) -> np.ndarray:
@@ -171,25 +227,30 @@ def search(
     """One query through both stages. ``live_ids`` (sorted) is the truth about what exists;
     ``unindexed_ids`` are live pages the derived structures do not hold yet: they are always
     reranked, so a lagging index never hides a new page."""
+    k = int(k)
     candidates = DEFAULT_CANDIDATES if candidates is None else int(candidates)
+    if candidates < 1:
+        raise ValueError(f"candidates must be at least 1, got {candidates}")
+    candidates = max(candidates, k)  # a floor raised to k: the rerank must see at least k pages
     nprobe = DEFAULT_NPROBE if nprobe is None else int(nprobe)
     per_token = DEFAULT_PER_TOKEN if per_token is None else int(per_token)
     if k <= 0 or len(live_ids) == 0:
         return []
     if exhaustive_search or len(live_ids) <= candidates:
         return exhaustive(source, [query_multi], live_ids, k, device=device)[0]
-    ids = shortlist(
+    ids = proposals(
         query_multi, query_single, prefilter=prefilter, tokens=tokens, live_ids=live_ids,
         candidates=candidates, generators=generators, nprobe=nprobe, pooled=pooled, per_token=per_token,
     )
-    if unindexed_ids is not None and len(unindexed_ids):
-        ids = np.union1d(ids, unindexed_ids)
     if len(ids) == 0:  # no generator could run (no codebook yet, no single query): stay exact
         return exhaustive(source, [query_multi], live_ids, k, device=device)[0]
+    if unindexed_ids is not None and len(unindexed_ids):
+        ids = np.union1d(ids, unindexed_ids)
+    ids = top_up(ids, k, live_ids, prefilter=prefilter, query_single=query_single)  # never fewer than k
     return rerank(source, query_multi, ids, k, device=device)
 
 
 __all__ = [
     "DEFAULT_CANDIDATES", "DEFAULT_GENERATORS", "DEFAULT_NPROBE", "DEFAULT_PER_TOKEN", "EMPTY_PAGE_SCORE", "GENERATORS",
-    "Hits", "check_generators", "exhaustive", "live_subset", "rerank", "search", "shortlist", "top_k", "union_with_quotas",
+    "Hits", "check_generators", "exhaustive", "live_subset", "proposals", "rerank", "search", "shortlist", "top_k", "top_up", "union_with_quotas",
 ]

@@ -11,7 +11,7 @@ from pagelens.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
-COMMANDS = ["index", "search", "info", "remove", "compact"]
+COMMANDS = ["index", "search", "info", "verify", "remove", "compact"]
 
 
 def test_version():
@@ -57,3 +57,15 @@ def test_disk_full_is_one_clear_error(tmp_path, monkeypatch):
     assert result.exit_code == 4
     assert "No space left on device" in result.output and "run the same command again" in result.output
     assert "Traceback" not in result.output
+
+
+def test_every_exit_code_is_in_the_readme_table_and_the_top_level_help():
+    import pagelens.errors
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    top = runner.invoke(app, ["--help"]).output
+    codes = {v for k, v in vars(pagelens.errors).items() if k.startswith("EXIT_")}
+    assert codes == {0, 1, 2, 3, 4, 5, 130, 143}
+    for code in codes:
+        assert re.search(rf"^\| {code} \|", readme, re.MULTILINE), f"exit code {code} missing from README"
+        assert re.search(rf"\b{code}\b", top), f"exit code {code} missing from --help"
