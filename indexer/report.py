@@ -65,7 +65,9 @@ class FileRemoved:
 
 @dataclass
 class IndexReport:
-    """added: (path, pages); skipped: unchanged paths; failed: (path, one-line reason);
+    """added: (path, pages); skipped: unchanged paths; failed: (path, one-line reason) of every
+    input that could not be indexed, whatever the stage (a missing argument, a folder that cannot be
+    listed, a file that cannot be opened, rendered within its budget or encoded);
     removed: (path, pages) of documents gone from an indexed folder; duplicates: (path, same as)."""
 
     added: list[tuple[str, int]] = field(default_factory=list)

@@ -8,12 +8,13 @@ Paths are ``str`` everywhere in the API. A file name that is not valid UTF-8 is 
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
 import stat
 from dataclasses import dataclass, field
 
-from indexer.errors import UnreadableError, UnsupportedFileError, VanishedError
+from indexer.errors import PdfError, UnreadableError, UnsupportedFileError, VanishedError
 
 PDF_SUFFIXES = (".pdf",)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -44,12 +45,25 @@ class Expansion:
 
     ``files``: absolute paths in a stable order, each once. ``folders``: the absolute folder
     arguments (documents that were under one and are gone can be removed). ``missing``:
-    (argument, reason) for arguments that are neither a file nor a folder.
+    (argument, reason) for arguments that are neither a file nor a folder. ``unreadable``:
+    (folder, reason) for folders, arguments or below them, that could not be listed (what they
+    hold is unknown, so documents under them must be kept).
     """
 
     files: list[str] = field(default_factory=list)
     folders: list[str] = field(default_factory=list)
     missing: list[tuple[str, str]] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+
+
+class NotARegularFileError(OSError):
+    """A FIFO, socket or device where a file was expected (opening or reading it could block forever)."""
+
+
+class ChangingFileError(PdfError):
+    """The file kept changing between being hashed and being rendered."""
+
+    kind = "changing"
 
 
 def path_key(path: str) -> bytes:
@@ -90,7 +104,7 @@ def expand_paths(paths) -> Expansion:
         p = absolute(raw)
         if os.path.isdir(p):
             out.folders.append(p)
-            for f in _walk(p):
+            for f in _walk(p, out.unreadable):
                 add(f)
         elif os.path.lexists(p):
             add(p)  # whatever it is, reading it will say what is wrong with it
@@ -99,21 +113,64 @@ def expand_paths(paths) -> Expansion:
     return out
 
 
-def _walk(folder: str):
+def _walk(folder: str, unreadable: list[tuple[str, str]]):
+    """Files of a known kind under ``folder``, sorted by their bytes. A folder that cannot be
+    listed goes into ``unreadable`` (one that vanished meanwhile is simply gone)."""
     found = []
-    for root, dirs, files in os.walk(folder, onerror=None, followlinks=False):
-        dirs.sort()
-        for name in files:
-            full = os.path.join(root, name)
-            if file_kind(full) is not None:
-                found.append(full)
+    stack = [folder]
+    while stack:
+        here = stack.pop()
+        try:
+            with os.scandir(here) as it:  # os.scandir looked up at call time: tests patch it
+                entries = list(it)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            unreadable.append((here, folder_reason(exc)))
+            continue
+        subfolders = []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()
+                if is_dir and not entry.is_symlink():  # symlinked folders are not followed
+                    subfolders.append(entry.path)
+            except OSError:
+                is_dir = False
+            if not is_dir and file_kind(entry.path) is not None:
+                found.append(entry.path)
+        stack.extend(sorted(subfolders, key=os.fsencode, reverse=True))
     found.sort(key=os.fsencode)
     return found
 
 
+def folder_reason(exc: OSError) -> str:
+    detail = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or str(exc))
+    return UnreadableError("", f"the folder cannot be listed ({detail}); its documents are kept").reason
+
+
 def _open_binary(path: str):
-    """The one place input files are opened; a seam for tests that simulate unreadable files."""
-    return open(path, "rb")
+    """The one place input files are opened; a seam for tests that simulate unreadable files.
+
+    Never blocks: anything but a regular file (a FIFO, socket or device named ``x.pdf``) raises
+    ``NotARegularFileError`` before it is read, checked before opening and again on the open
+    descriptor (opened non-blocking, so a FIFO swapped in meanwhile cannot hang the open)."""
+    st = os.stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotARegularFileError(errno.EINVAL, "not a regular file", path)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotARegularFileError(errno.EINVAL, "not a regular file", path)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def read_source(path: str) -> SourceFile:
@@ -133,6 +190,8 @@ def read_source(path: str) -> SourceFile:
         raise VanishedError(path, "the file disappeared before it could be read") from None
     except IsADirectoryError:
         raise UnreadableError(path, "is a folder, not a file") from None
+    except NotARegularFileError:
+        raise UnreadableError(path, "not a regular file") from None
     except PermissionError as exc:
         raise UnreadableError(path, f"permission denied ({exc.strerror or exc})",
                               "check the file's permissions") from None

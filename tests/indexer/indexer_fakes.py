@@ -92,3 +92,84 @@ def make_png(path, seed: int = 0, size=(120, 90)) -> str:
 
     Image.new("RGB", size, tuple(int(c * 255) for c in _colour(seed, 0))).save(path)
     return str(path)
+
+
+# --- hostile inputs (tests/indexer/test_indexer_hostile_inputs.py) ----------------------------
+
+
+def raw_pdf(objects: list[bytes], root: int = 1) -> bytes:
+    """A PDF made of ``objects`` (object i+1 is ``objects[i]``) with a correct xref table, written
+    by hand so that it can say what no PDF library would write."""
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for i, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % i + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    for off in offsets:
+        out += b"%010d 00000 n \n" % off
+    out += b"trailer\n<</Size %d/Root %d 0 R>>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, root, xref)
+    return bytes(out)
+
+
+def pdf_stream(dictionary: bytes, content: bytes) -> bytes:
+    """A stream object: ``dictionary`` is the opening of its dict (``b"<<..."``, no closing ``>>``)."""
+    return dictionary + b"/Length %d>>\nstream\n" % len(content) + content + b"\nendstream"
+
+
+def lying_page_tree_pdf(count: int = 1_000_000, kids: bytes = b"[3 0 R]") -> bytes:
+    """A page tree whose /Count says ``count`` pages; ``kids`` (default: one real page) says otherwise."""
+    return raw_pdf([
+        b"<</Type/Catalog/Pages 2 0 R>>",
+        b"<</Type/Pages/Kids%s/Count %d>>" % (kids, count),
+        b"<</Type/Page/Parent 2 0 R/MediaBox[0 0 200 200]/Contents 4 0 R>>",
+        pdf_stream(b"<<", b"0 0.4 0.8 rg 20 20 160 100 re f"),
+    ])
+
+
+def nested_xobject_pdf(depth: int = 40, fanout: int = 4) -> bytes:
+    """One page drawing form XObject 1, which draws XObject 2 ``fanout`` times, ... ``depth`` deep:
+    a few KB that would take fanout**depth drawing operations to render."""
+    objs = [b"<</Type/Catalog/Pages 2 0 R>>", b"<</Type/Pages/Kids[3 0 R]/Count 1>>",
+            b"<</Type/Page/Parent 2 0 R/MediaBox[0 0 200 200]/Contents 4 0 R/Resources<</XObject<</X 5 0 R>>>>>>",
+            pdf_stream(b"<<", b"/X Do")]
+    step = 1.0 / fanout
+    for level in range(depth):
+        me = 5 + level
+        if level < depth - 1:
+            draws = b" ".join(b"q %.4f 0 0 %.4f %.1f 0 cm /X Do Q" % (step, 1.0, 200 * step * i) for i in range(fanout))
+            objs.append(pdf_stream(b"<</Type/XObject/Subtype/Form/BBox[0 0 200 200]/Resources<</XObject<</X %d 0 R>>>>"
+                                   % (me + 1), draws))
+        else:
+            objs.append(pdf_stream(b"<</Type/XObject/Subtype/Form/BBox[0 0 200 200]", b"0 0 0 rg 0 0 200 200 re f"))
+    return raw_pdf(objs)
+
+
+def make_pdf_sizes(path, sizes, *, seed: int = 0) -> str:
+    """Like ``make_pdf``, one page per (width, height) in ``sizes`` (points)."""
+    import pymupdf
+
+    doc = pymupdf.open()
+    for i, (w, h) in enumerate(sizes):
+        page = doc.new_page(width=w, height=h)
+        page.draw_rect(pymupdf.Rect(0, 0, w, h * 0.6), color=None, fill=_colour(seed, i))
+        page.insert_text((min(10, w / 4), h * 0.7), f"doc {seed} page {i + 1}", fontsize=max(1, min(12, h / 10, w / 10)))
+    data = doc.tobytes()
+    doc.close()
+    with open(path, "wb") as fh:
+        fh.write(data)
+    return str(path)
+
+
+class StrictFakeEncoder(FakeEncoder):
+    """FakeEncoder that refuses what the Qwen2.5-VL image processor refuses: an aspect ratio over
+    200 (``smart_resize`` raises ValueError) and a side under 28 pixels (it rounds it to 0)."""
+
+    def encode_images(self, images, batch_size=8, show_progress_bar=None):
+        for img in images:
+            w, h = img.size
+            if max(w, h) / min(w, h) > 200:
+                raise ValueError(f"absolute aspect ratio must be smaller than 200, got {max(w, h) / min(w, h)}")
+            if min(w, h) < 28:
+                raise ValueError(f"height:{h} or width:{w} must be larger than factor:28")
+        return super().encode_images(images, batch_size, show_progress_bar)
