@@ -40,10 +40,14 @@ _FAILURES_IN_A_ROW = 16  # pages refused in a row, none accepted: the encoder is
 
 
 def _produce(files, known: dict[str, str], out: queue.Queue, stop: threading.Event, cancelled: set,
-             worker: render_worker.RenderWorker, *, dpi, cap, password, timeout, memory):
+             worker: render_worker.RenderWorker, *, dpi, cap, password, timeout, memory, partial=None):
     """Render thread. Puts ("skip"|"copy"|"failed"|"start"|"page"|"end"|"crash", ...) items in file order.
 
-    A path added to ``cancelled`` (its document failed in the caller's thread) gets no more pages."""
+    A path added to ``cancelled`` (its document failed in the caller's thread) gets no more pages.
+    ``partial`` (path -> (sha256, pages committed)): a long document whose chunked commit was
+    interrupted resumes after its committed pages when its content is unchanged; those pages are
+    rendered (cheap) but not sent, so nothing is encoded twice."""
+    partial = partial or {}
 
     def put(item) -> bool:
         while not stop.is_set():
@@ -75,16 +79,20 @@ def _produce(files, known: dict[str, str], out: queue.Queue, stop: threading.Eve
                     put(("copy", src, hashed.get(src.sha256) or stable_known[src.sha256]))
                     break
                 hashed[src.sha256] = src.path
+                done_sha, done_pages = partial.get(src.path, (None, 0))
+                resume_after = done_pages if done_sha == src.sha256 else 0
                 started = False
                 try:
                     with worker.open(src, dpi=dpi, max_pixels=cap, password=password, timeout=timeout,
                                      memory=memory) as doc:
                         started = True
-                        if not put(("start", src, doc.page_count)):
+                        if not put(("start", src, doc.page_count, resume_after)):
                             return
                         for page in doc:
                             if src.path in cancelled:
                                 break
+                            if page.page_number <= resume_after:
+                                continue
                             if not put(("page", src, page)):
                                 return
                 except ContentChanged:  # rendered bytes must be the hashed bytes: hash it again
@@ -203,7 +211,15 @@ class _Run:
         self.fail(src.path, reason)
 
     def _on_start(self, item, _result) -> None:
-        self.writer = self.store.document_writer(item[1])
+        resume_after = item[3]
+        writer = self.store.document_writer(item[1], resume=resume_after > 0)
+        if writer.first_page != resume_after + 1:  # cannot happen while we hold the writer lock
+            writer.abort()
+            raise RuntimeError(f"{item[1].display_path}: expected to resume after page {resume_after}, "
+                               f"the index holds {writer.first_page - 1} pages of it")
+        self.writer = writer
+        if resume_after:
+            self.report.resumed.append((item[1].path, resume_after))
         self.writer_path = item[1].path
         self.expected_pages = item[2]
         self.emit(FileStarted(item[1].path, item[2]))
@@ -294,7 +310,8 @@ def index_paths(store: Store, encoder, paths, *, dpi: float = DEFAULT_DPI, max_p
     thread = threading.Thread(target=_produce, name="pagelens-render", daemon=True,
                               args=(found.files, store.indexed_sha256s(), q, stop, run.cancelled, worker),
                               kwargs={"dpi": dpi, "cap": cap, "password": password,
-                                      "timeout": float(render_timeout), "memory": int(render_memory)})
+                                      "timeout": float(render_timeout), "memory": int(render_memory),
+                                      "partial": store.partial_documents()})
     thread.start()
     clean = False
     try:

@@ -75,6 +75,7 @@ class IndexReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     removed: list[tuple[str, int]] = field(default_factory=list)
     duplicates: list[tuple[str, str]] = field(default_factory=list)
+    resumed: list[tuple[str, int]] = field(default_factory=list)  # (path, pages kept from an interrupted run)
     pages_added: int = 0  # pages of added documents, copies included
     pages_encoded: int = 0  # pages that went through the encoder
     bytes_reclaimed: int = 0  # by an automatic compaction at the end of the run

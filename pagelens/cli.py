@@ -359,6 +359,7 @@ def _report_dict(report: Any) -> dict:
         "failed": [{"path": p, "reason": r} for p, r in report.failed],
         "removed": [{"path": p, "pages": n} for p, n in report.removed],
         "duplicates": [{"path": p, "same_as": q} for p, q in report.duplicates],
+        "resumed": [{"path": p, "pages_kept": n} for p, n in report.resumed],
         "pages_added": report.pages_added,
         "pages_encoded": report.pages_encoded,
         "elapsed_s": round(report.elapsed, 3),
