@@ -161,6 +161,12 @@ def _verify_hint(index: Optional[Path]) -> str:
     )
 
 
+def _disk_trouble(error: sqlite3.Error) -> bool:
+    """SQLite says "database or disk is full" / "disk I/O error" when a write finds no space."""
+    text = str(error).lower()
+    return "disk is full" in text or "disk i/o error" in text
+
+
 def _run(fn: Callable[[], Any], *, index: Optional[Path] = None) -> Any:
     """Run a command's work; every failure becomes one message and an exit code."""
     try:
@@ -169,7 +175,10 @@ def _run(fn: Callable[[], Any], *, index: Optional[Path] = None) -> Any:
         _fail(error.message, error.hint)
     except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM through _on_signal
         _stop(getattr(error, "signum", None))
-    except sqlite3.Error as error:  # a damaged catalogue the store did not catch itself
+    except sqlite3.Error as error:  # a damaged catalogue the store did not catch itself, or a full disk
+        if _disk_trouble(error):
+            _fail(f"the index catalogue cannot be written ({error}): the disk is full or failing",
+                  "every finished document is kept; free some space and run the same command again.")
         _fail(f"the index catalogue cannot be read ({type(error).__name__}: {error})", _verify_hint(index))
     except OSError as error:  # disk full, permissions, a vanished index directory
         _fail(
