@@ -49,7 +49,7 @@ INTERRUPTED_MESSAGE = "Interrupted: the index holds every document finished so f
 
 # The dtype names engine.loader accepts (kept here so checking them does not import torch).
 DTYPES = ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16", "half", "float")
-_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
 # ---- option checks: run while the command line is parsed, before anything loads ---------------
@@ -83,7 +83,7 @@ def _check_device(value: Optional[str]) -> Optional[str]:
         return None
     device = value.strip().lower()
     if not _DEVICE.match(device):
-        raise typer.BadParameter(f"{printable(value)!r} is not a device; choose cpu, cuda, cuda:N or mps.")
+        raise typer.BadParameter(f"{printable(value)!r} is not a device; choose cpu, cuda or cuda:N.")
     if device.startswith("cuda"):  # only now is torch worth importing: to ask whether CUDA is there
         import torch  # noqa: PLC0415
 
@@ -120,7 +120,7 @@ IndexOption = typer.Option(
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
 DeviceOption = typer.Option(
     None, "--device", callback=_check_device,
-    help="Torch device for the model: cpu, cuda, cuda:N or mps (default: cuda if present).",
+    help="Torch device for the model: cpu, cuda or cuda:N (default: cuda if present).",
 )
 
 
