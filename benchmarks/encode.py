@@ -8,6 +8,12 @@ compare. Without --model the tiny random checkpoint from engine.testing is writt
 
 Peak memory: RSS high-water mark (resource.getrusage) on CPU, torch.cuda.max_memory_allocated on
 CUDA (reset before each batch size).
+
+At the real model's size, without the weights (a random checkpoint of the published geometry,
+written once into bench-data/real-size-ckpt, about 7.4 GiB; see benchmarks/encode_real_size.py):
+
+    python benchmarks/encode.py --real-size --threads 1            # CPU seconds per input, vs the floor
+    python benchmarks/encode.py --real-size --device cuda          # the same, unchanged, on a GPU
 """
 
 from __future__ import annotations
@@ -75,12 +81,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-pixels", type=int, default=None)
     ap.add_argument("--batch-sizes", default="1,4,8")
     ap.add_argument("--pages", type=int, default=16)
-    ap.add_argument("--queries", type=int, default=64)
+    ap.add_argument("--queries", type=int, default=None, help="queries (default 64; 4 at batch 1 with --real-size)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default: torch's own choice; 1 avoids OpenMP spinning on a busy machine)")
     ap.add_argument("--repeats", type=int, default=2,
                     help="timed runs per setting; the best is reported (first runs pay per-shape kernel set-up)")
+    import encode_real_size
+
+    encode_real_size.add_arguments(ap)
     args = ap.parse_args(argv)
+    if args.real_size:
+        args.queries = args.queries or 4
+        return encode_real_size.run(args)
+    args.queries = args.queries or 64
     sizes = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
 
     if args.threads:

@@ -33,11 +33,13 @@ def _pick_device(device: Any):
     return dev
 
 
-def _pick_dtype(dtype: Any, device):
+def _pick_dtype(dtype: Any, device, stored=None):
     import torch
 
+    from engine.compute import default_dtype
+
     if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return default_dtype(device, stored if stored is not None else torch.float32)
     if isinstance(dtype, torch.dtype):
         name = str(dtype).removeprefix("torch.")
     else:
@@ -57,8 +59,11 @@ def load_encoder(
 ) -> Encoder:
     """Load jina-embeddings-v4 (repo id or local folder) with stock transformers + peft.
 
-    Default device is CUDA in bfloat16 when available, else CPU in float32. ``max_pixels``
-    defaults to the checkpoint's own preprocessor cap (602112 for the real model).
+    Default device is CUDA (in bfloat16) when available, else the CPU. On a CPU the default dtype is
+    bfloat16 where the CPU computes bf16 natively (AVX-512 BF16, AMX, Arm BF16) and the checkpoint
+    is stored in bf16, float32 elsewhere; float32 over a bf16 checkpoint keeps the weights as stored
+    (half the memory, same numbers). ``max_pixels`` defaults to the checkpoint's own preprocessor
+    cap (602112 for the real model).
     Every user-facing failure raises EngineError with a hint.
     """
     if max_pixels is not None and (not isinstance(max_pixels, int) or max_pixels <= 0):
@@ -72,15 +77,19 @@ def load_encoder(
     revision = ref.snapshot or checkpoint.fingerprint(files)
 
     from engine.adapters import attach_task_adapters
+    from engine.compute import storage_dtype, stored_dtype
     from engine.network import load_network, quiet_transformers
     from engine.processor import InputProcessor
 
     dev = _pick_device(device)
-    torch_dtype = _pick_dtype(dtype, dev)
+    stored = stored_dtype({p: files.headers[p] for p in files.shards})
+    torch_dtype = _pick_dtype(dtype, dev, stored)
+    storage = storage_dtype(dev, torch_dtype, stored)
     with quiet_transformers():
         processor = InputProcessor.load(ref.folder, max_pixels=max_pixels, image_token_id=cfg.image_token_id)
-        net = load_network(files, cfg, torch_dtype)
-        adapters = attach_task_adapters(net, files.adapter_weights.parent, cfg.task_names, task)
+        net = load_network(files, cfg, torch_dtype, storage=storage)
+        adapters = attach_task_adapters(net, files.adapter_weights.parent, cfg.task_names, task,
+                                        dtype=torch_dtype)
     adapters.to(dev)
     return Encoder(net=net, adapters=adapters, processor=processor, config=cfg, model=ref.model,
                    revision=revision, task=task, device=dev, dtype=torch_dtype)

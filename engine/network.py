@@ -47,8 +47,15 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_network(files: CheckpointFiles, cfg: EmbedderConfig, dtype: torch.dtype) -> JinaEmbeddingNet:
-    """Load base weights with the stock class (it remaps the legacy key layout itself)."""
+def load_network(files: CheckpointFiles, cfg: EmbedderConfig, dtype: torch.dtype,
+                 storage: torch.dtype | None = None) -> JinaEmbeddingNet:
+    """Load base weights with the stock class (it remaps the legacy key layout itself).
+
+    ``dtype`` is the arithmetic; ``storage`` (default: the same) is what the large weight matrices
+    are held in. With float32 arithmetic over a bf16 checkpoint they stay bf16, as loaded (no
+    float32 copy of the model is ever made), and are converted block by block at each matmul.
+    """
+    storage = dtype if storage is None else storage
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     raw = dict(cfg.raw)
@@ -62,7 +69,7 @@ def load_network(files: CheckpointFiles, cfg: EmbedderConfig, dtype: torch.dtype
     qcfg.tie_word_embeddings = True
     try:
         full, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            str(files.folder), config=qcfg, dtype=dtype, attn_implementation="sdpa",
+            str(files.folder), config=qcfg, dtype=storage, attn_implementation="sdpa",
             local_files_only=True, use_safetensors=True, output_loading_info=True,
         )
     except EngineError:
@@ -80,6 +87,10 @@ def load_network(files: CheckpointFiles, cfg: EmbedderConfig, dtype: torch.dtype
         log.warning("ignoring %d unexpected weights, e.g. %s", len(extra), extra[:3])
     backbone = full.model
     del full
+    if storage != dtype:
+        from engine.compute import keep_weights_as_stored
+
+        keep_weights_as_stored(backbone, dtype)
     projector = _load_projector(files, cfg, dtype)
     net = JinaEmbeddingNet(backbone, projector)
     net.eval()

@@ -1,23 +1,33 @@
-"""A tiny, random jina-embeddings-v4 checkpoint for tests and benchmarks.
+"""Random jina-embeddings-v4 checkpoints for tests and benchmarks: the tiny one and the real size.
 
 The files follow the published layout exactly (legacy base keys in two shards, a top-level
-multi_vector_projector, one adapter file holding all three tasks), so the tiny model loads through
-the very same ``load_encoder`` as the real one. Weights come from a seeded numpy generator and are
-written with ``safetensors.numpy``: no torch import, deterministic for a seed, well under a second.
+multi_vector_projector, one adapter file holding all three tasks), so a random checkpoint loads
+through the very same ``load_encoder`` as the real one. Weights come from a seeded numpy generator
+and are streamed into safetensors files in row chunks (no torch import, deterministic for a seed,
+peak memory a few MB above the largest chunk whatever the geometry).
 
-Sizes: text 2 layers, hidden 64, 4 heads (head_dim 16), 2 KV heads; vision depth 2, hidden 32,
-2 heads, out_hidden 64; multi_vector_projector_dim 128 (as the real model); matryoshka [16, 32, 64];
-LoRA r=4, alpha=8 (scaling 2, so a scaling bug shows); weights float32; max_pixels 100352 (<= 128
-merged image tokens per image).
+``TINY`` (the test checkpoint): text 2 layers, hidden 64, 4 heads (head_dim 16), 2 KV heads; vision
+depth 2, hidden 32, 2 heads, out_hidden 64; multi_vector_projector_dim 128 (as the real model);
+matryoshka [16, 32, 64]; LoRA r=4, alpha=8 (scaling 2, so a scaling bug shows); weights float32
+(``weights_dtype="bfloat16"`` stores the same values rounded, as the published files are stored);
+max_pixels 100352 (<= 128 merged image tokens per image). Writes in well under a second.
+
+``REAL`` (``write_real_size_checkpoint``): every tensor at the published shape (3.75B base parameters
+plus r=32 LoRA for three tasks, 0.18B), bf16, std 0.02 (keeps bf16 activations finite). Speed and
+memory do not depend on the values, so it measures the real model's cost; about 7.4 GiB on disk and
+a few minutes to write. Its tokenizer is the tiny trained BPE (ids far below the real vocabulary of
+151,936 rows, which the embedding table still has): token counts of texts differ from Qwen's own.
 """
 
 from __future__ import annotations
 
 import json
+import struct
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
-from safetensors.numpy import save_file
 
 TASK_NAMES = ("retrieval", "text-matching", "code")
 MATRYOSHKA_DIMS = (16, 32, 64)
@@ -47,22 +57,141 @@ _CORPUS = (
 TEXT = dict(hidden=64, inter=128, layers=2, heads=4, kv_heads=2)
 VISION = dict(depth=2, hidden=32, inter=64, heads=2, out=64, patch=14, temporal=2, merge=2)
 _LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_CHUNK_VALUES = 1 << 22  # values drawn per chunk while streaming a tensor (16 MB of float32)
 
 
-def write_tiny_checkpoint(path: str | Path, *, config_style: str = "nested", seed: int = 0) -> Path:
+@dataclass(frozen=True)
+class Geometry:
+    """Every size a checkpoint writer needs; ``TINY`` and ``REAL`` are the two in use."""
+
+    text: dict
+    vision: dict
+    vocab_size: int | None  # None: the tokenizer's own size (every row is a real token)
+    fullatt_blocks: tuple[int, ...]
+    mrope_section: tuple[int, int, int]
+    matryoshka_dims: tuple[int, ...]
+    lora_r: int
+    lora_alpha: int
+    max_pixels: int
+    weights_dtype: str = "float32"  # "float32" or "bfloat16", for base and adapter files alike
+    std: float = 0.08
+    lora_std: float = 0.1
+    second_shard_from_layer: int | None = None  # None: only the last layer goes to shard 2
+    fast_random: bool = False  # draw float32 normals directly (values then differ from float64 draws)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def head_dim(self) -> int:
+        return self.text["hidden"] // self.text["heads"]
+
+
+TINY = Geometry(
+    text=TEXT, vision=VISION, vocab_size=None, fullatt_blocks=(1,), mrope_section=(2, 3, 3),
+    matryoshka_dims=MATRYOSHKA_DIMS, lora_r=LORA_R, lora_alpha=LORA_ALPHA, max_pixels=MAX_PIXELS,
+)
+# The published geometry (docs: jina-v4 reference, sections 1 and 3).
+REAL = Geometry(
+    text=dict(hidden=2048, inter=11008, layers=36, heads=16, kv_heads=2),
+    vision=dict(depth=32, hidden=1280, inter=3420, heads=16, out=2048, patch=14, temporal=2, merge=2),
+    vocab_size=151936, fullatt_blocks=(7, 15, 23, 31), mrope_section=(16, 24, 24),
+    matryoshka_dims=(128, 256, 512, 1024, 2048), lora_r=32, lora_alpha=32, max_pixels=602112,
+    weights_dtype="bfloat16", std=0.02, lora_std=0.02, second_shard_from_layer=20, fast_random=True,
+)
+
+
+def write_tiny_checkpoint(path: str | Path, *, config_style: str = "nested", seed: int = 0,
+                          weights_dtype: str = "float32") -> Path:
     """Write the tiny checkpoint into ``path`` (created if needed) and return it as a Path."""
+    return write_checkpoint(path, replace(TINY, weights_dtype=weights_dtype), config_style=config_style, seed=seed)
+
+
+def write_real_size_checkpoint(path: str | Path, *, seed: int = 0) -> Path:
+    """Random weights at the real jina-embeddings-v4 shapes (about 7.4 GiB, a few minutes)."""
+    return write_checkpoint(path, REAL, seed=seed)
+
+
+def write_checkpoint(path: str | Path, geometry: Geometry = TINY, *, config_style: str = "nested",
+                     seed: int = 0) -> Path:
+    """Write a random checkpoint of ``geometry`` in the published layout; returns the folder."""
     if config_style not in ("nested", "flat"):
         raise ValueError(f"config_style must be 'nested' or 'flat', got {config_style!r}")
+    if geometry.weights_dtype not in _ST_DTYPES:
+        raise ValueError(f"weights_dtype must be one of {sorted(_ST_DTYPES)}, got {geometry.weights_dtype!r}")
     out = Path(path)
     (out / "adapters").mkdir(parents=True, exist_ok=True)
-    vocab_size = _write_tokenizer(out)
-    ids = {tok: vocab_size - len(SPECIAL_TOKENS) + i for i, tok in enumerate(SPECIAL_TOKENS)}
+    tok_size = _write_tokenizer(out)
+    vocab_size = geometry.vocab_size or tok_size
+    if vocab_size < tok_size:
+        raise ValueError(f"vocab_size {vocab_size} is smaller than the tokenizer ({tok_size})")
+    ids = {tok: tok_size - len(SPECIAL_TOKENS) + i for i, tok in enumerate(SPECIAL_TOKENS)}
     rng = np.random.default_rng(seed)
-    _write_base_weights(out, rng, vocab_size)
-    _write_adapters(out, rng)
-    _write_config(out, config_style, vocab_size, ids)
-    _write_preprocessor(out)
+    _write_base_weights(out, rng, vocab_size, geometry)
+    _write_adapters(out, rng, geometry)
+    _write_config(out, config_style, vocab_size, ids, geometry)
+    _write_preprocessor(out, geometry)
     return out
+
+
+# -- streaming safetensors ----------------------------------------------------------------------
+_ST_DTYPES = {"float32": ("F32", 4), "bfloat16": ("BF16", 2)}
+
+
+def _to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (uint16), round to nearest even (the values are finite)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    return ((u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)).astype(np.uint16)
+
+
+class _SafetensorsWriter:
+    """Header first (all shapes are known), then each tensor's bytes appended in header order."""
+
+    def __init__(self, path: Path, shapes: dict[str, tuple[int, ...]], dtype: str):
+        self.path, self.shapes = path, shapes
+        self.code, self.itemsize = _ST_DTYPES[dtype]
+        header: dict = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for name, shape in shapes.items():
+            nbytes = int(np.prod(shape, dtype=np.int64)) * self.itemsize
+            header[name] = {"dtype": self.code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)
+        self.fh = path.open("wb")
+        self.fh.write(struct.pack("<Q", len(blob)) + blob)
+        self.expected = list(shapes)
+        self.total = offset
+
+    def write(self, name: str, chunks: Iterator[np.ndarray]) -> None:
+        if not self.expected or self.expected[0] != name:
+            raise RuntimeError(f"tensor {name!r} written out of header order in {self.path}")
+        self.expected.pop(0)
+        for chunk in chunks:
+            data = _to_bf16_bits(chunk) if self.code == "BF16" else np.ascontiguousarray(chunk, dtype=np.float32)
+            self.fh.write(data.tobytes())
+
+    def close(self) -> None:
+        self.fh.close()
+        if self.expected:
+            raise RuntimeError(f"{len(self.expected)} tensors never written to {self.path}")
+
+
+def _draws(rng: np.random.Generator, shape: tuple[int, ...], scale: float, offset: float,
+           fast: bool) -> Iterator[np.ndarray]:
+    """offset + scale * N(0, 1) in row chunks; the chunks concatenate to one draw of ``shape``."""
+    rows = shape[0]
+    per_row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+    step = max(1, _CHUNK_VALUES // max(per_row, 1))
+    for start in range(0, rows, step):
+        part = (min(step, rows - start), *shape[1:])
+        if fast:
+            x = rng.standard_normal(part, dtype=np.float32)
+            x *= np.float32(scale)
+            if offset:
+                x += np.float32(offset)
+            yield x
+        else:  # float64 draws, as the first tiny checkpoints were written: same values per seed
+            yield ((offset + scale * rng.standard_normal(part)) if offset else (scale * rng.standard_normal(part))
+                   ).astype(np.float32)
 
 
 def _write_tokenizer(out: Path) -> int:
@@ -119,10 +248,9 @@ def _write_tokenizer(out: Path) -> int:
     return tok.get_vocab_size()
 
 
-def _base_shapes(vocab_size: int) -> dict[str, tuple[int, ...]]:
-    t, v = TEXT, VISION
-    head_dim = t["hidden"] // t["heads"]
-    kv = t["kv_heads"] * head_dim
+def _base_shapes(vocab_size: int, geo: Geometry = TINY) -> dict[str, tuple[int, ...]]:
+    t, v = geo.text, geo.vision
+    kv = t["kv_heads"] * geo.head_dim
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab_size, t["hidden"])}
     for n in range(t["layers"]):
         p = f"model.layers.{n}."
@@ -160,34 +288,46 @@ def _base_shapes(vocab_size: int) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _random(rng: np.random.Generator, name: str, shape: tuple[int, ...]) -> np.ndarray:
+def _random(rng: np.random.Generator, name: str, shape: tuple[int, ...], geo: Geometry = TINY) -> Iterator[np.ndarray]:
     if "norm" in name or "ln_q" in name:
-        return (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
-    return (0.08 * rng.standard_normal(shape)).astype(np.float32)
+        return _draws(rng, shape, 0.1, 1.0, geo.fast_random)
+    return _draws(rng, shape, geo.std, 0.0, geo.fast_random)
 
 
-def _write_base_weights(out: Path, rng: np.random.Generator, vocab_size: int) -> None:
-    tensors = {name: _random(rng, name, shape) for name, shape in _base_shapes(vocab_size).items()}
-    # Mirror the real split: embeddings + early layers in shard 1; last layer, norm, projector in 2.
-    last = f"model.layers.{TEXT['layers'] - 1}."
-    second = {k for k in tensors if k.startswith((last, "model.norm.", "multi_vector_projector."))}
-    shards = {
-        "model-00001-of-00002.safetensors": {k: v for k, v in tensors.items() if k not in second},
-        "model-00002-of-00002.safetensors": {k: v for k, v in tensors.items() if k in second},
+def _write_base_weights(out: Path, rng: np.random.Generator, vocab_size: int, geo: Geometry = TINY) -> None:
+    shapes = _base_shapes(vocab_size, geo)
+    # Mirror the real split: embeddings + early layers in shard 1; later layers, norm, projector in 2.
+    first_late = geo.second_shard_from_layer
+    if first_late is None:
+        first_late = geo.text["layers"] - 1
+    late = tuple(f"model.layers.{n}." for n in range(first_late, geo.text["layers"]))
+    second = {k for k in shapes if k.startswith((*late, "model.norm.", "multi_vector_projector."))}
+    names = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
+    writers = {
+        names[0]: _SafetensorsWriter(out / names[0], {k: v for k, v in shapes.items() if k not in second},
+                                     geo.weights_dtype),
+        names[1]: _SafetensorsWriter(out / names[1], {k: v for k, v in shapes.items() if k in second},
+                                     geo.weights_dtype),
     }
     weight_map = {}
-    for fname, part in shards.items():
-        save_file(part, str(out / fname), metadata={"format": "pt"})
-        weight_map.update({k: fname for k in part})
-    total = sum(int(v.nbytes) for v in tensors.values())
+    try:
+        for name, shape in shapes.items():  # one global draw order, whatever the shard
+            fname = names[1] if name in second else names[0]
+            writers[fname].write(name, _random(rng, name, shape, geo))
+            weight_map[name] = fname
+    finally:
+        for w in writers.values():
+            w.fh.close()
+    for w in writers.values():
+        w.close()
+    total = sum(w.total for w in writers.values())
     _dump(out / "model.safetensors.index.json",
           {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
 
 
-def _write_adapters(out: Path, rng: np.random.Generator) -> None:
-    t = TEXT
-    head_dim = t["hidden"] // t["heads"]
-    kv = t["kv_heads"] * head_dim
+def _write_adapters(out: Path, rng: np.random.Generator, geo: Geometry = TINY) -> None:
+    t = geo.text
+    kv = t["kv_heads"] * geo.head_dim
     dims = {  # (in, out) per adapted module
         "self_attn.q_proj": (t["hidden"], t["hidden"]), "self_attn.k_proj": (t["hidden"], kv),
         "self_attn.v_proj": (t["hidden"], kv), "self_attn.o_proj": (t["hidden"], t["hidden"]),
@@ -196,22 +336,28 @@ def _write_adapters(out: Path, rng: np.random.Generator) -> None:
     }
     modules = {f"model.language_model.layers.{n}.{m}": d for n in range(t["layers"]) for m, d in dims.items()}
     modules["multi_vector_projector"] = (t["hidden"], PROJECTOR_DIM)
-    tensors = {}
+    shapes = {}
     for task in TASK_NAMES:
         for mod, (d_in, d_out) in modules.items():
             p = f"base_model.model.{mod}"
+            shapes[f"{p}.lora_A.{task}.weight"] = (geo.lora_r, d_in)
+            shapes[f"{p}.lora_B.{task}.weight"] = (d_out, geo.lora_r)
+    writer = _SafetensorsWriter(out / "adapters" / "adapter_model.safetensors", shapes, geo.weights_dtype)
+    try:
+        for name, shape in shapes.items():
             # Non-zero B: a zero B (peft's default init) makes every adapter a silent no-op.
-            tensors[f"{p}.lora_A.{task}.weight"] = (0.1 * rng.standard_normal((LORA_R, d_in))).astype(np.float32)
-            tensors[f"{p}.lora_B.{task}.weight"] = (0.1 * rng.standard_normal((d_out, LORA_R))).astype(np.float32)
-    save_file(tensors, str(out / "adapters" / "adapter_model.safetensors"), metadata={"format": "pt"})
+            writer.write(name, _draws(rng, shape, geo.lora_std, 0.0, geo.fast_random))
+    finally:
+        writer.fh.close()
+    writer.close()
     _dump(
         out / "adapters" / "adapter_config.json",
         {
             "peft_type": "LORA",
             "task_type": "FEATURE_EXTRACTION",
             "base_model_name_or_path": None,
-            "r": LORA_R,
-            "lora_alpha": LORA_ALPHA,
+            "r": geo.lora_r,
+            "lora_alpha": geo.lora_alpha,
             "lora_dropout": 0.1,
             "bias": "none",
             "target_modules": [*_LORA_TARGETS, "single_vector_projector", "multi_vector_projector"],
@@ -226,28 +372,28 @@ def _write_adapters(out: Path, rng: np.random.Generator) -> None:
     )
 
 
-def _write_config(out: Path, style: str, vocab_size: int, ids: dict[str, int]) -> None:
-    t, v = TEXT, VISION
+def _write_config(out: Path, style: str, vocab_size: int, ids: dict[str, int], geo: Geometry = TINY) -> None:
+    t, v = geo.text, geo.vision
     text = {
         "vocab_size": vocab_size, "hidden_size": t["hidden"], "intermediate_size": t["inter"],
         "num_hidden_layers": t["layers"], "num_attention_heads": t["heads"],
         "num_key_value_heads": t["kv_heads"], "hidden_act": "silu", "max_position_embeddings": 32768,
         "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "use_sliding_window": False,
         "sliding_window": 32768, "max_window_layers": t["layers"], "attention_dropout": 0.0,
-        # sum(mrope_section) must equal head_dim // 2 (16 // 2).
-        "rope_scaling": {"type": "mrope", "rope_type": "default", "mrope_section": [2, 3, 3]},
+        # sum(mrope_section) must equal head_dim // 2.
+        "rope_scaling": {"type": "mrope", "rope_type": "default", "mrope_section": list(geo.mrope_section)},
     }
     vision = {
         "depth": v["depth"], "hidden_size": v["hidden"], "intermediate_size": v["inter"],
         "num_heads": v["heads"], "out_hidden_size": v["out"], "hidden_act": "silu",
-        "fullatt_block_indexes": [1], "window_size": 112, "patch_size": v["patch"],
+        "fullatt_block_indexes": list(geo.fullatt_blocks), "window_size": 112, "patch_size": v["patch"],
         "spatial_patch_size": v["patch"], "temporal_patch_size": v["temporal"],
         "spatial_merge_size": v["merge"], "in_chans": 3, "tokens_per_second": 2,
     }
     cfg = {
         "architectures": ["JinaEmbeddingsV4Model"],
         "model_type": "qwen2_5_vl",
-        "torch_dtype": "float32",
+        "torch_dtype": geo.weights_dtype,
         "bos_token_id": ids["<|endoftext|>"],
         "eos_token_id": ids["<|im_end|>"],
         "vision_start_token_id": ids["<|vision_start|>"],
@@ -257,7 +403,7 @@ def _write_config(out: Path, style: str, vocab_size: int, ids: dict[str, int]) -
         "video_token_id": ids["<|video_pad|>"],
         "tie_word_embeddings": True,
         "task_names": list(TASK_NAMES),
-        "matryoshka_dims": list(MATRYOSHKA_DIMS),
+        "matryoshka_dims": list(geo.matryoshka_dims),
         "multi_vector_projector_dim": PROJECTOR_DIM,
         "single_vector_pool_strategy": "mean",
         "truncate_dim": None,
@@ -272,7 +418,7 @@ def _write_config(out: Path, style: str, vocab_size: int, ids: dict[str, int]) -
     _dump(out / "config.json", cfg)
 
 
-def _write_preprocessor(out: Path) -> None:
+def _write_preprocessor(out: Path, geo: Geometry = TINY) -> None:
     _dump(
         out / "preprocessor_config.json",
         {
@@ -281,9 +427,9 @@ def _write_preprocessor(out: Path) -> None:
             "image_mean": [0.48145466, 0.4578275, 0.40821073],
             "image_std": [0.26862954, 0.26130258, 0.27577711],
             "rescale_factor": 0.00392156862745098, "resample": 3,
-            "min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS,
-            "patch_size": VISION["patch"], "temporal_patch_size": VISION["temporal"],
-            "merge_size": VISION["merge"],
+            "min_pixels": MIN_PIXELS, "max_pixels": geo.max_pixels,
+            "patch_size": geo.vision["patch"], "temporal_patch_size": geo.vision["temporal"],
+            "merge_size": geo.vision["merge"],
         },
     )
 

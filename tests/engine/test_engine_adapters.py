@@ -135,3 +135,25 @@ def test_config_without_visual_exclusion_still_loads_the_same(tiny_copy, enc):
     a, b = enc.encode_queries(TEXTS[:1])[0], other.encode_queries(TEXTS[:1])[0]
     np.testing.assert_allclose(a.single, b.single, atol=1e-5)
     np.testing.assert_allclose(a.multi, b.multi, atol=1e-5)
+
+
+def test_lora_is_added_in_place_and_equals_peft_own_forward(enc):
+    """The adapter is accumulated into the base output by one matmul; peft's forward gives the same."""
+    from peft.tuners.lora.layer import Linear as PeftLoraLinear
+
+    from engine.adapters import _fused_lora_linear
+
+    fused = _fused_lora_linear()
+    layers = [m for m in enc._adapters.modules() if isinstance(m, PeftLoraLinear)]
+    assert len(layers) == 2 * 7 + 1 and all(type(m) is fused for m in layers)  # 2 layers x 7 + projector
+    g = torch.Generator().manual_seed(0)
+    for task in TASKS:
+        enc.set_task(task)
+        for layer in (layers[0], layers[-1]):
+            x = torch.randn(2, 5, layer.in_features, generator=g)
+            with torch.no_grad():
+                mine, theirs = layer(x), PeftLoraLinear.forward(layer, x)
+            torch.testing.assert_close(mine, theirs, atol=1e-6, rtol=1e-6)
+            assert not torch.allclose(mine, layer.base_layer(x), atol=1e-4)  # the adapter did something
+    with torch.no_grad(), enc._adapters.disable_adapter():
+        torch.testing.assert_close(layers[0](x := torch.randn(3, layers[0].in_features)), layers[0].base_layer(x))
