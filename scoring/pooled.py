@@ -29,7 +29,7 @@ from scoring.pooling import DEFAULT_CLUSTERS, DEFAULT_ITERATIONS, pool_pages
 from scoring.prefilter import SinglePrefilter
 
 SLOTS = 64  # sub-ids per page: m must not exceed it
-DEFAULT_PER_TOKEN = 512
+DEFAULT_PER_TOKEN = 1024
 FLAT_MAX_VECTORS = 50_000  # flat scan of 160k x 128 fp32 (10k pages) took ~25 ms of a 35 ms search; IVF above
 
 
