@@ -386,7 +386,7 @@ def search_command(
     candidates: Optional[int] = typer.Option(
         None, "--candidates", callback=_at_least(1),
         help="Shortlist for the exact MaxSim rerank: pages the pooled-token stage proposes (the single-vector "
-        "stage adds a quarter as many); at least 1, and raised to -k when smaller (default: 200).",
+        "stage adds a quarter as many); at least 1, and raised to -k when smaller (default: 200 up to 6,000 pages, then one per 30 pages, at most 800).",
     ),
     exhaustive: bool = typer.Option(False, "--exhaustive", help="Score every page by exact MaxSim (slow; ground truth)."),
     model: Optional[str] = typer.Option(

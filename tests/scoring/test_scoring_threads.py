@@ -46,3 +46,11 @@ def test_chunked_scoring_over_workers_equals_one_worker():
         np.testing.assert_array_equal(maxsim_batch(queries, pages, chunk_tokens=512, workers=workers), one)
     np.testing.assert_array_equal(maxsim_batch(queries, pages, chunk_tokens=512, backend="numpy", workers=2),
                                   maxsim_batch(queries, pages, chunk_tokens=512, backend="numpy", workers=1))
+
+
+def test_default_shortlist_grows_with_the_collection():
+    from scoring.rank import default_candidates
+
+    assert default_candidates(0) == 200 and default_candidates(3000) == 200 and default_candidates(6000) == 200
+    assert default_candidates(12_000) == 400 and default_candidates(24_000) == 800
+    assert default_candidates(1_000_000) == 800
