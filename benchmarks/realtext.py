@@ -316,11 +316,14 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     ds = load_set(args.root, args.set, args.queries)
     m = ds.meta
+    # the K a search gets when the caller gives none (it may grow with the collection)
+    auto_k = rank.default_candidates(ds.n_pages) if hasattr(rank, "default_candidates") else rank.DEFAULT_CANDIDATES
+    from scoring.pooling import DEFAULT_CLUSTERS
     print(f"set {ds.name}: {ds.n_pages:,} pages from {m['documents']} PDFs, {int(ds.offsets[-1]):,} token vectors"
           f" (tokens/page {m['tokens_per_page']}), {len(ds.q_multi)} queries (tokens {m['tokens_per_query']})")
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads;"
-          f" default search: generators {'+'.join(rank.DEFAULT_GENERATORS)}, K={rank.DEFAULT_CANDIDATES},"
-          f" n'={rank.DEFAULT_PER_TOKEN}")
+          f" default search: generators {'+'.join(rank.DEFAULT_GENERATORS)}, K={auto_k} at {ds.n_pages:,} pages,"
+          f" {DEFAULT_CLUSTERS} pooled vectors per page, n'={rank.DEFAULT_PER_TOKEN}")
     folder = args.index_dir or args.root / f"index-{ds.name}"
     index, page_ids, built = build_index(ds, folder, args.rebuild)
     row_of = {int(p): i for i, p in enumerate(page_ids)}
@@ -357,7 +360,7 @@ def main() -> None:
     w = 30
     print(f"\nquality ({len(truth)} queries; recall@10 against exhaustive MaxSim; known item = the query's source page)")
     print(f"{'':<{w}}{'recall@10 mean':>15}{'worst':>8}{'<1':>6}{'hit@10':>9}{'MRR@10':>9}")
-    for label, qd in ((f"default (K={rank.DEFAULT_CANDIDATES})", q_default), ("exhaustive", q_exh)):
+    for label, qd in ((f"default (K={auto_k})", q_default), ("exhaustive", q_exh)):
         print(f"{label:<{w}}{qd['recall_mean']:>15.3f}{qd['recall_worst']:>8.2f}{qd['recall_below_1']:>6}"
               f"{qd['hit']:>9.3f}{qd['mrr']:>9.3f}")
     names = list(phases)
@@ -374,8 +377,8 @@ def main() -> None:
 
     result = {
         "set": {k: m[k] for k in ("set", "pages", "documents", "tokens", "tokens_per_page", "queries", "tokens_per_query", "languages")},
-        "defaults": {"generators": list(rank.DEFAULT_GENERATORS), "candidates": rank.DEFAULT_CANDIDATES,
-                     "per_token": rank.DEFAULT_PER_TOKEN},
+        "defaults": {"generators": list(rank.DEFAULT_GENERATORS), "candidates": auto_k,
+                     "pooled_per_page": DEFAULT_CLUSTERS, "per_token": rank.DEFAULT_PER_TOKEN},
         "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()},
         "index": built, "truth_seconds": truth_s,
         "quality": {"default": q_default, "exhaustive": q_exh}, "latency": phases,
