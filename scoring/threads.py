@@ -3,8 +3,8 @@
 OpenMP-style parallel regions (torch intra-op, FAISS) split each small matmul or search across
 every core and then wait at a barrier for all of them. On a machine whose cores are shared with
 other processes (a laptop, CI, a server answering several requests) one descheduled peer stalls
-every region: measured here, 250 pages x 200 tokens reranked in 9.9 ms with one torch thread and
-304 ms with two while two other jobs ran. So a search runs its library calls single-threaded
+every region: on the shared 2-core VM, a rerank of 250 real pages ran at 34.6 GFLOP/s with one
+torch thread and 12.9 with two (``benchmarks/realtext_candidates.py --rerank-bench-only``). So a search runs its library calls single-threaded
 (``single_threaded``) and gets its parallelism, where there is enough work, from a few Python
 worker threads that pull chunks from a shared queue (``parallel_map``): a slow worker simply takes
 fewer chunks, nobody waits at a barrier.

@@ -140,11 +140,10 @@ def test_bad_index_options_are_usage_errors_before_the_model_loads(tmp_path, no_
     assert not (tmp_path / "idx").exists()
 
 
-def test_cuda_without_cuda_is_a_usage_error(tmp_path, no_model):
+def test_cuda_without_cuda_is_a_usage_error(tmp_path, no_model, monkeypatch):
     import torch
 
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on a machine with a GPU
     make_pdf(tmp_path / "a.pdf", pages=1)
     result = _invoke("index", tmp_path / "a.pdf", "--index", tmp_path / "idx", "--device", "cuda")
     assert result.exit_code == 2 and "--device" in result.output and "CUDA is not available" in result.output

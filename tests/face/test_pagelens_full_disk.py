@@ -3,7 +3,6 @@ search and info still work on the full disk."""
 
 import json
 import os
-import subprocess
 
 import pytest
 from typer.testing import CliRunner
@@ -11,6 +10,7 @@ from typer.testing import CliRunner
 from engine.testing import write_tiny_checkpoint
 from pagelens.cli import app
 from tests.indexer.indexer_fakes import make_pdf
+from tests.mounts import mount, unmount
 
 runner = CliRunner()
 
@@ -19,11 +19,9 @@ runner = CliRunner()
 def small_disk(tmp_path):
     mnt = tmp_path / "small"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mnt)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.decode().strip()}")
+    mount("-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mnt))
     yield mnt
-    subprocess.run(["umount", "-l", str(mnt)])
+    unmount(mnt)
 
 
 def test_disk_full_while_indexing_then_read_on_the_full_disk(tmp_path, small_disk):

@@ -9,22 +9,6 @@ import numpy as np
 
 from engine.types import Embedding
 
-def _empty_pdf() -> bytes:
-    """A valid PDF with zero pages and a correct xref table (MuPDF refuses to save one)."""
-    objs = [b"<</Type/Catalog/Pages 2 0 R>>", b"<</Type/Pages/Kids[]/Count 0>>"]
-    out, offsets = bytearray(b"%PDF-1.4\n"), []
-    for i, body in enumerate(objs, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % i + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
-    for off in offsets:
-        out += b"%010d 00000 n \n" % off
-    out += b"trailer\n<</Size %d/Root 1 0 R>>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
-    return bytes(out)
-
-
-EMPTY_PDF = _empty_pdf()
 
 
 class FakeEncoder:
@@ -110,6 +94,10 @@ def raw_pdf(objects: list[bytes], root: int = 1) -> bytes:
         out += b"%010d 00000 n \n" % off
     out += b"trailer\n<</Size %d/Root %d 0 R>>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, root, xref)
     return bytes(out)
+
+
+# A valid PDF with zero pages and a correct xref table (MuPDF refuses to save one).
+EMPTY_PDF = raw_pdf([b"<</Type/Catalog/Pages 2 0 R>>", b"<</Type/Pages/Kids[]/Count 0>>"])
 
 
 def pdf_stream(dictionary: bytes, content: bytes) -> bytes:

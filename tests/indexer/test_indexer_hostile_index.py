@@ -4,7 +4,6 @@ by deleting data, and readers work on read-only and full file systems."""
 import json
 import os
 import sqlite3
-import subprocess
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from indexer.errors import CorruptIndexError, IndexExistsError, ReadOnlyError
 from indexer.shards import shard_file_name
 from indexer.sources import SourceFile
 from indexer.store import Store
+from tests.mounts import mount, unmount
 
 
 def emb(seed: int, tokens: int = 4) -> Embedding:
@@ -226,10 +226,8 @@ def test_leftover_catalogue_with_data_but_no_manifest_is_not_reused(tmp_path):
 
 def _mount_ro(src: str, dst: str) -> None:
     os.makedirs(dst, exist_ok=True)
-    r = subprocess.run(["mount", "--bind", src, dst], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot bind-mount here (needs root): {r.stderr.decode().strip()}")
-    subprocess.run(["mount", "-o", "remount,bind,ro", dst], check=True)
+    mount("--bind", src, dst)
+    mount("-o", "remount,bind,ro", dst)
 
 
 def test_reader_on_a_read_only_file_system(tmp_path):
@@ -244,15 +242,13 @@ def test_reader_on_a_read_only_file_system(tmp_path):
             r.record_failure("/x.pdf", "no")
         r.close()
     finally:
-        subprocess.run(["umount", "-l", ro])
+        unmount(ro)
 
 
 def test_reader_on_a_full_disk(tmp_path):
     mnt = str(tmp_path / "small")
     os.makedirs(mnt)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.decode().strip()}")
+    mount("-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt)
     try:
         d = os.path.join(mnt, "idx")
         s = Store.create(d, identity=None, single_dim=32, multi_dim=16)
@@ -270,7 +266,7 @@ def test_reader_on_a_full_disk(tmp_path):
         assert reader.multi_vectors(reader.live_page_ids())[1].shape == (4, 16)
         reader.close()
     finally:
-        subprocess.run(["umount", "-l", mnt])
+        unmount(mnt)
 
 
 # --- damage is detected and named -------------------------------------------------------------------
