@@ -318,12 +318,13 @@ def main() -> None:
     m = ds.meta
     # the K a search gets when the caller gives none (it may grow with the collection)
     auto_k = rank.default_candidates(ds.n_pages) if hasattr(rank, "default_candidates") else rank.DEFAULT_CANDIDATES
-    from scoring.pooling import DEFAULT_CLUSTERS
+    token_gen = ("every token vector (IVF-SQ8)" if "ann" in rank.DEFAULT_GENERATORS
+                 else "pooled token vectors")
     print(f"set {ds.name}: {ds.n_pages:,} pages from {m['documents']} PDFs, {int(ds.offsets[-1]):,} token vectors"
           f" (tokens/page {m['tokens_per_page']}), {len(ds.q_multi)} queries (tokens {m['tokens_per_query']})")
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads;"
           f" default search: generators {'+'.join(rank.DEFAULT_GENERATORS)}, K={auto_k} at {ds.n_pages:,} pages,"
-          f" {DEFAULT_CLUSTERS} pooled vectors per page, n'={rank.DEFAULT_PER_TOKEN}")
+          f" {token_gen}, n'={rank.DEFAULT_PER_TOKEN} neighbours per query token")
     folder = args.index_dir or args.root / f"index-{ds.name}"
     index, page_ids, built = build_index(ds, folder, args.rebuild)
     row_of = {int(p): i for i, p in enumerate(page_ids)}
@@ -378,7 +379,7 @@ def main() -> None:
     result = {
         "set": {k: m[k] for k in ("set", "pages", "documents", "tokens", "tokens_per_page", "queries", "tokens_per_query", "languages")},
         "defaults": {"generators": list(rank.DEFAULT_GENERATORS), "candidates": auto_k,
-                     "pooled_per_page": DEFAULT_CLUSTERS, "per_token": rank.DEFAULT_PER_TOKEN},
+                     "token_generator": token_gen, "per_token": rank.DEFAULT_PER_TOKEN},
         "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()},
         "index": built, "truth_seconds": truth_s,
         "quality": {"default": q_default, "exhaustive": q_exh}, "latency": phases,

@@ -167,9 +167,12 @@ def run_size(root: Path, world: World, n_pages: int, tokens: int, args, peak: fl
     t0 = time.perf_counter()
     reopened = Retriever(derived, source)
     open_s = time.perf_counter() - t0
-    assert reopened.watermark == retriever.watermark and len(reopened.pooled) == n_pages
+    assert reopened.watermark == retriever.watermark and len(reopened.ann) == n_pages
     with_tokens = n_pages <= args.tokens_max
     tok_s = 0.0
+    t0 = time.perf_counter()
+    retriever._enable_pooled()  # the m-means pooled index, also built on first use now
+    pool_s = time.perf_counter() - t0
     if with_tokens:  # the codebook is built on first use; time it apart from the default build
         t0 = time.perf_counter()
         retriever._enable_tokens()
@@ -181,13 +184,15 @@ def run_size(root: Path, world: World, n_pages: int, tokens: int, args, peak: fl
     n_tok = int(source.offsets[-1])
     print(f"\n== {n_pages:,} pages x ~{tokens} tokens ({n_tok:,} token vectors, {n_tok * 256 / 2**30:.2f} GiB fp16)")
     codebook = f"{retriever.tokens.n_centroids} centroids, built on first use in {tok_s:.1f} s" if retriever.tokens else "not built"
-    print(f"generate {gen_s:.1f} s | build default derived (sync: single + pooled) {build_s:.1f} s | reopen {open_s * 1e3:.0f} ms"
-          f" | prefilter {retriever.prefilter.current_kind} | pooled m={retriever.pooled.m}, {len(retriever.pooled.index):,}"
-          f" vectors, {retriever.pooled.index.current_kind} | codebook {codebook}"
+    print(f"generate {gen_s:.1f} s | build default derived (sync: single + every token) {build_s:.1f} s | reopen {open_s * 1e3:.0f} ms"
+          f" | prefilter {retriever.prefilter.current_kind} | ann {len(retriever.ann.index):,} token vectors,"
+          f" {retriever.ann.index.current_kind} {retriever.ann.index.codec}"
+          f" | pooled m={retriever.pooled.m}, {len(retriever.pooled.index):,} vectors, built on first use in {pool_s:.1f} s"
+          f" | codebook {codebook}"
           f" | exhaustive truth for {len(queries)} queries {truth_s:.1f} s")
-    print(f"{'generators':<14}{'K':>5}{'probe':>7}{'recall@10':>11}{'p50 ms':>9}{'p95 ms':>9}   (probe: nprobe for tokens, n' per token for pooled)")
+    print(f"{'generators':<14}{'K':>5}{'probe':>7}{'recall@10':>11}{'p50 ms':>9}{'p95 ms':>9}   (probe: nprobe for tokens, n' per token for pooled / ann)")
     rows = {}
-    plans = [("single",), ("pooled",), ("pooled", "single")]
+    plans = [("single",), ("ann",), ("ann", "single"), ("pooled",), ("pooled", "single")]
     if with_tokens:
         plans[1:1] = [("tokens",), ("single", "tokens")]
     for gens in plans:
@@ -195,7 +200,7 @@ def run_size(root: Path, world: World, n_pages: int, tokens: int, args, peak: fl
             probes = [None]
             if "tokens" in gens:
                 probes = args.nprobe
-            elif "pooled" in gens:
+            elif "pooled" in gens or "ann" in gens:
                 probes = args.per_token
             for probe in probes:
                 kw = {"nprobe": probe} if "tokens" in gens else {"per_token": probe}
@@ -205,7 +210,7 @@ def run_size(root: Path, world: World, n_pages: int, tokens: int, args, peak: fl
                 print(f"{name:<14}{K:>5}{probe or '-':>7}{rec:>11.3f}{p50:>9.1f}{p95:>9.1f}")
     p50, p95, rec = time_search(retriever, queries, truth)
     name = "DEFAULT " + "+".join(rank.DEFAULT_GENERATORS)
-    print(f"{name:<22}K={rank.DEFAULT_CANDIDATES} n'={rank.DEFAULT_PER_TOKEN}: recall@10 {rec:.3f}"
+    print(f"{name:<22}K={rank.default_candidates(n_pages)} n'={rank.DEFAULT_PER_TOKEN}: recall@10 {rec:.3f}"
           f" [target >= 0.99: {_verdict(rec >= 0.99)}] | p50 {p50:.1f} ms p95 {p95:.1f} ms"
           + (f" [target p50 <= 50 ms at 100k: {_verdict(p50 <= 50)}]" if n_pages >= 100_000 else ""))
     # exact MaxSim over a given set vs the padded baseline, same pages, same query
@@ -258,7 +263,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=50)
     ap.add_argument("--K", default="50,100,200,400")
     ap.add_argument("--nprobe", default="2,4,8")
-    ap.add_argument("--per-token", default="128,256,512", help="pooled generator: neighbours per query token")
+    ap.add_argument("--per-token", default="256,1024", help="pooled and ann generators: neighbours per query token")
     ap.add_argument("--tokens-max", type=int, default=10000, help="largest size where the global codebook is built and measured")
     ap.add_argument("--padded-whole-max", type=int, default=10000, help="largest size where the padded baseline scores everything")
     ap.add_argument("--data-dir", default=None, help="where the synthetic files go (default: a temp dir)")

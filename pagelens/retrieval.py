@@ -1,11 +1,11 @@
-"""Derived search artefacts: the single-vector FAISS prefilter, the pooled-token index and (only
-once asked for) the global token codebook with its inverted lists, kept in step with a
-``VectorSource`` and persisted under ``derived/``.
+"""Derived search artefacts: the single-vector FAISS prefilter, the all-token index ("ann": every
+token vector in IVF-SQ8, ``scoring/pooled.py`` with m = 0) and, only once asked for, the m-means
+pooled index ("pooled") and the global token codebook with its inverted lists ("tokens"), kept in
+step with a ``VectorSource`` and persisted under ``derived/``.
 
-The codebook ("tokens" generator) is no longer in the default ranking (see ``scoring/rank.py``):
-training it and assigning every token to 2048 centroids is most of a sync's time, so it is
-built only when a search first asks for "tokens" (or ``token_codebook=True``), and from then on
-kept in step like the others.
+The codebook and the pooled index are not in the default ranking (see ``scoring/rank.py``):
+each is built only when a search first asks for it (or ``token_codebook=True`` / ``pooled=True``),
+and from then on kept in step like the others.
 
 Everything here is rebuildable from the source. The source is the truth about which pages
 exist: search filters every candidate by ``source.live_page_ids()`` and always reranks live pages
@@ -14,7 +14,7 @@ resurrects a removed one.
 
 On disk (``directory``):
     state.json            {"format", "generation", "watermark", "single_dim", ...}
-    gen-00000042/*.npy    the arrays of generation 42 (prefilter + pooled index + token index)
+    gen-00000042/*.npy    the arrays of generation 42 (prefilter + all-token index [+ pooled] [+ codebook])
 A save writes a new generation folder (files fsynced, folder renamed from ``.tmp``), then
 replaces state.json (tmp -> fsync -> rename -> directory fsync), then deletes older folders.
 A kill at any moment leaves state.json naming a complete generation. A state that fails to load
@@ -43,7 +43,7 @@ from scoring.source import VectorSource
 from scoring.threads import single_threaded
 from scoring.tokens import TokenIndex, suggest_centroids
 
-FORMAT = 2  # 2: adds the pooled index
+FORMAT = 3  # 2: adds the pooled index; 3: the all-token index, pooled optional
 MIN_TRAIN_TOKENS = 50_000  # below this the collection is a few pages: rerank covers it
 TRAIN_SAMPLE_TOKENS = 131_072  # k-means sample: 64 per centroid at the largest codebook
 RETRAIN_GROWTH = 4.0  # retrain the codebook once live tokens exceed 4x those it was trained on
@@ -52,7 +52,7 @@ READ_BATCH_PAGES = 512
 
 # The names a generation may hold: anything else in state.json is not ours (a crafted state must not
 # make a search open files elsewhere).
-_ARRAY_NAME = re.compile(r"\A(included|(pf|pool|tok)_[a-z0-9_]{1,40})\Z")
+_ARRAY_NAME = re.compile(r"\A(included|(pf|pool|tok|ann)_[a-z0-9_]{1,40})\Z")
 MAX_STATE_BYTES = 1 << 20
 
 
@@ -109,6 +109,7 @@ class Retriever:
         token_codebook: bool = False,
         pool_clusters: int = DEFAULT_CLUSTERS,
         persist: bool = True,
+        pooled: bool = False,
     ):
         if prefilter not in KINDS:
             raise ValueError(f"unknown prefilter {prefilter!r}; choose one of {list(KINDS)}")
@@ -119,6 +120,9 @@ class Retriever:
         self.seed = int(seed)
         self.token_codebook = bool(token_codebook)
         self.pool_clusters = int(pool_clusters)
+        # the m-means pooled index ("pooled") is built only once a search asks for it, like the
+        # codebook; the default token generator is the all-token index ("ann", scoring/pooled.py)
+        self.pooled_enabled = bool(pooled)
         # A reader (persist=False) never writes into the index folder: what it must build, it keeps
         # in memory; the writer saves generations that readers then map.
         self.persist = bool(persist)
@@ -136,7 +140,8 @@ class Retriever:
         self.single_dim = int(dim)
         self.prefilter = SinglePrefilter(self.single_dim, kind=self._requested_kind)
         self.tokens: TokenIndex | None = None
-        self.pooled = PooledIndex(self.source.multi_dim, m=self.pool_clusters)
+        self.ann = PooledIndex(self.source.multi_dim, m=0)
+        self.pooled = PooledIndex(self.source.multi_dim, m=self.pool_clusters) if self.pooled_enabled else None
         self.included = np.zeros(0, dtype=np.int64)  # sorted ids the structures hold
         self.watermark = -1
         self.trained_tokens = 0
@@ -168,21 +173,28 @@ class Retriever:
             pf = SinglePrefilter.from_arrays({k[3:]: v for k, v in arrays.items() if k.startswith("pf_")})
             tok_arrays = {k[4:]: v for k, v in arrays.items() if k.startswith("tok_")}
             tokens = TokenIndex.from_arrays(tok_arrays) if tok_arrays else None
-            pooled = PooledIndex.from_arrays({k[5:]: v for k, v in arrays.items() if k.startswith("pool_")})
+            ann = PooledIndex.from_arrays({k[4:]: v for k, v in arrays.items() if k.startswith("ann_")})
+            pool_arrays = {k[5:]: v for k, v in arrays.items() if k.startswith("pool_")}
+            pooled = PooledIndex.from_arrays(pool_arrays) if pool_arrays else None
             included = np.array(arrays["included"], dtype=np.int64)
             if pf.dim != state["single_dim"] or len(pf) != len(included):
                 raise ValueError("prefilter does not match the state")
             if tokens is not None and not np.array_equal(tokens.live_ids(), included):
                 raise ValueError("token index does not match the state")
-            if not np.array_equal(pooled.live_ids(), included) or pooled.m != self.pool_clusters:
+            if not np.array_equal(ann.live_ids(), included) or ann.m != 0:
+                raise ValueError("token index does not match the state")
+            if pooled is not None and (not np.array_equal(pooled.live_ids(), included) or pooled.m != self.pool_clusters):
                 raise ValueError("pooled index does not match the state")
+            if pooled is None and self.pooled_enabled:
+                raise ValueError("pooled index asked for but not saved")
         except Exception:  # noqa: BLE001 - np.load alone raises half a dozen types on damaged files
             self._reset()  # derived data is rebuildable: the next sync() starts from the source
             self._generation = max(self._generation, _generation_on_disk(self.directory))
             return
         self.single_dim = int(state["single_dim"])
-        self.prefilter, self.tokens, self.pooled, self.included = pf, tokens, pooled, included
+        self.prefilter, self.tokens, self.ann, self.pooled, self.included = pf, tokens, ann, pooled, included
         self.token_codebook = self.token_codebook or tokens is not None
+        self.pooled_enabled = self.pooled_enabled or pooled is not None
         self.watermark = int(state["watermark"])
         self.trained_tokens = int(state["trained_tokens"])
         self._generation = int(state["generation"])
@@ -201,7 +213,9 @@ class Retriever:
         tmp.mkdir()
         arrays = {"included": self.included}
         arrays.update({f"pf_{k}": v for k, v in self.prefilter.to_arrays().items()})
-        arrays.update({f"pool_{k}": v for k, v in self.pooled.to_arrays().items()})
+        arrays.update({f"ann_{k}": v for k, v in self.ann.to_arrays().items()})
+        if self.pooled is not None:
+            arrays.update({f"pool_{k}": v for k, v in self.pooled.to_arrays().items()})
         if self.tokens is not None:
             arrays.update({f"tok_{k}": v for k, v in self.tokens.to_arrays().items()})
         files = {}
@@ -273,12 +287,14 @@ class Retriever:
             self.prefilter.remove(removed)
             if self.tokens is not None:
                 self.tokens.remove(removed)
-            self.pooled.remove(removed)
+            self.ann.remove(removed)
+            if self.pooled is not None:
+                self.pooled.remove(removed)
         for start in range(0, len(added), READ_BATCH_PAGES * 8):
             batch = added[start : start + READ_BATCH_PAGES * 8]
             self.prefilter.add(batch, self.source.single_vectors(batch))
         batches = (added[a : a + READ_BATCH_PAGES] for a in range(0, len(added), READ_BATCH_PAGES))
-        self.pooled.add_batches((b, self._read_multi(b)) for b in batches)
+        self.ann.add_batches((b, self._read_multi(b)) for b in batches)
         self.included = live
         self.watermark = max(self.watermark, int(live[-1]) if len(live) else -1)
         if self.token_codebook:
@@ -290,7 +306,25 @@ class Retriever:
         pages = list(self.source.multi_vectors(batch))
         if self.tokens is not None:
             self.tokens.add(batch, pages)
+        if self.pooled is not None:
+            self.pooled.add(batch, pages)
         return pages
+
+    def _enable_pooled(self) -> None:
+        """First search asking for "pooled": pool every page now and keep the index from then on."""
+        self.pooled_enabled = True
+        if self.pooled is not None:
+            return
+        self.sync()  # pools what is live now: removed pages may no longer be readable
+        if self.pooled is not None:  # the sync loaded a generation that has one
+            return
+        pooled = PooledIndex(self.source.multi_dim, m=self.pool_clusters)
+        batches = (self.included[a : a + READ_BATCH_PAGES] for a in range(0, len(self.included), READ_BATCH_PAGES))
+        pooled.add_batches((b, list(self.source.multi_vectors(b))) for b in batches)
+        self.pooled = pooled
+        if self.persist and len(self.included):
+            with _exclusive(self.directory):
+                self._save()
 
     def _enable_tokens(self) -> None:
         """First search asking for "tokens": train the codebook now and keep it from then on."""
@@ -370,6 +404,8 @@ class Retriever:
     ) -> list[list[tuple[int, float]]]:
         if "tokens" in rank.check_generators(generators) and not self.token_codebook:
             self._enable_tokens()
+        if "pooled" in rank.check_generators(generators) and self.pooled is None:
+            self._enable_pooled()
         with single_threaded():  # see scoring/threads.py: no OpenMP barriers on a shared CPU
             return self._search_batch(queries_multi, queries_single, k=k, candidates=candidates,
                                       exhaustive=exhaustive, generators=generators, nprobe=nprobe,
@@ -389,7 +425,7 @@ class Retriever:
                 rank.search(
                     self.source, q, single, prefilter=self.prefilter, tokens=self.tokens, live_ids=live,
                     unindexed_ids=unindexed, k=k, candidates=candidates, generators=generators, nprobe=nprobe,
-                    device=self.device, pooled=self.pooled, per_token=per_token,
+                    device=self.device, pooled=self.pooled, per_token=per_token, ann=self.ann,
                 )
             )
         return results

@@ -14,6 +14,12 @@ best score that). Unlike the global codebook of ``tokens.py``, whose 2048 centro
 by many pages (their approximate scores tie), a pooled vector belongs to one page and sits near
 that page's own region, so the pre-score separates pages that share a topic.
 
+With ``m = 0`` nothing is pooled: every token vector goes in (up to ``slots`` per page; a longer
+page is pooled down to ``slots``), stored in IVF lists as 8-bit residuals (``codec="sq8"``, 136 B a
+token with its id). That is the default generator ("ann" in ``rank.py``): on 24k real pages it
+finds at K = 200 what the m = 64 pooled index finds at K = 800, since no mean blurs the rare
+tokens that decide MaxSim.
+
 Pages are tracked in ``page_ids`` / ``counts`` (sorted by id) so removal knows each page's sub-ids
 and a reload can check itself against the source without reading FAISS.
 """
@@ -28,19 +34,25 @@ import numpy as np
 from scoring.pooling import DEFAULT_CLUSTERS, DEFAULT_ITERATIONS, pool_pages
 from scoring.prefilter import SinglePrefilter
 
-SLOTS = 64  # sub-ids per page: m must not exceed it
+SLOTS = 64  # sub-ids per page of a pooled index: m must not exceed it
+ALL_TOKEN_SLOTS = 4096  # sub-ids per page with m = 0 (every token); page ids stay below 2**51
 DEFAULT_PER_TOKEN = 1024
 FLAT_MAX_VECTORS = 50_000  # flat scan of 160k x 128 fp32 (10k pages) took ~25 ms of a 35 ms search; IVF above
 
 
 class PooledIndex:
-    """Pooled vectors of every page in one FAISS index; see the module docstring."""
+    """Pooled vectors (or, with ``m = 0``, every token vector) of every page in one FAISS index;
+    see the module docstring."""
 
-    def __init__(self, dim: int, *, m: int = DEFAULT_CLUSTERS, iterations: int = DEFAULT_ITERATIONS, kind: str = "auto"):
-        if not 1 <= m <= SLOTS:
-            raise ValueError(f"m must be in [1, {SLOTS}], got {m}")
-        self.m, self.iterations = int(m), int(iterations)
-        self.index = SinglePrefilter(dim, kind=kind, flat_max=FLAT_MAX_VECTORS, large_kind="ivf", nprobe=32, lists_per_sqrt=2.0)
+    def __init__(self, dim: int, *, m: int = DEFAULT_CLUSTERS, iterations: int = DEFAULT_ITERATIONS, kind: str = "auto",
+                 codec: str | None = None):
+        slots = ALL_TOKEN_SLOTS if m == 0 else SLOTS
+        if not 0 <= m <= SLOTS:
+            raise ValueError(f"m must be 0 (every token) or in [1, {SLOTS}], got {m}")
+        self.m, self.iterations, self.slots = int(m), int(iterations), slots
+        codec = ("sq8" if m == 0 else "flat") if codec is None else codec
+        self.index = SinglePrefilter(dim, kind=kind, flat_max=FLAT_MAX_VECTORS, large_kind="ivf", nprobe=32,
+                                     lists_per_sqrt=2.0, codec=codec)
         self.page_ids = np.zeros(0, dtype=np.int64)
         self.counts = np.zeros(0, dtype=np.int64)
 
@@ -67,11 +79,13 @@ class PooledIndex:
             ids = np.asarray(page_ids, dtype=np.int64)
             if len(ids) != len(pages):
                 raise ValueError(f"{len(ids)} page ids but {len(pages)} pages")
+            if len(ids) and (ids.min() < 0 or ids.max() >= np.iinfo(np.int64).max // self.slots):
+                raise ValueError(f"page ids must be in [0, 2**63 / {self.slots}) to be keyed in FAISS")
             if np.isin(ids, self.page_ids).any():
                 raise ValueError("some page ids are already in the pooled index; remove them first")
-            vectors, counts = pool_pages(pages, self.m, iterations=self.iterations)
+            vectors, counts = self._vectors_of(pages)
             all_ids.append(ids), all_counts.append(counts), all_vec.append(vectors)
-            all_sub.append(np.repeat(ids * SLOTS, counts) + _ranks(counts))
+            all_sub.append(np.repeat(ids * self.slots, counts) + _ranks(counts))
         if not all_ids or sum(len(i) for i in all_ids) == 0:
             return
         ids, counts = np.concatenate(all_ids), np.concatenate(all_counts)
@@ -81,12 +95,30 @@ class PooledIndex:
         self.page_ids = page_ids[order]
         self.counts = np.concatenate([self.counts, counts])[order]
 
+    def _vectors_of(self, pages: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """What goes into FAISS for these pages: (vectors, per-page counts). Every token (kept in
+        float16, normalised, widened chunk by chunk on the way into FAISS) when m = 0."""
+        if self.m:
+            return pool_pages(pages, self.m, iterations=self.iterations)
+        counts = np.fromiter((len(p) for p in pages), dtype=np.int64, count=len(pages))
+        over = np.flatnonzero(counts > self.slots)
+        parts = [np.asarray(p, dtype=np.float16) for p in pages]
+        if len(over):  # beyond the sub-id slots: pool that page down to them
+            pooled, pooled_counts = pool_pages([pages[i] for i in over], self.slots, iterations=self.iterations)
+            starts = np.concatenate([[0], np.cumsum(pooled_counts)])
+            for j, i in enumerate(over):
+                parts[i] = pooled[starts[j] : starts[j + 1]].astype(np.float16)
+                counts[i] = pooled_counts[j]
+        dim = self.dim
+        vectors = np.concatenate(parts, axis=0) if parts else np.zeros((0, dim), np.float16)
+        return vectors.reshape(-1, dim), counts
+
     def remove(self, page_ids: np.ndarray) -> None:
         held = np.isin(self.page_ids, np.asarray(page_ids, dtype=np.int64))
         if not held.any():
             return
         ids, counts = self.page_ids[held], self.counts[held]
-        self.index.remove(np.repeat(ids * SLOTS, counts) + _ranks(counts))
+        self.index.remove(np.repeat(ids * self.slots, counts) + _ranks(counts))
         self.page_ids, self.counts = self.page_ids[~held], self.counts[~held]
 
     # -- search ---------------------------------------------------------------------------------
@@ -99,7 +131,7 @@ class PooledIndex:
         found = sub >= 0
         floor = np.where(found.any(axis=1), np.where(found, sims, np.inf).min(axis=1), 0.0).astype(np.float32)
         tok = np.broadcast_to(np.arange(len(q))[:, None], sub.shape)[found]
-        pages, inv = np.unique(sub[found] // SLOTS, return_inverse=True)
+        pages, inv = np.unique(sub[found] // self.slots, return_inverse=True)
         gain = (sims - floor[:, None])[found]
         # rows are sorted best first, so a (token, page) pair's first occurrence is its max
         _, first = np.unique(tok * len(pages) + inv, return_index=True)
@@ -113,7 +145,7 @@ class PooledIndex:
 
     # -- persistence ----------------------------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:
-        meta = {"m": self.m, "iterations": self.iterations}
+        meta = {"m": self.m, "iterations": self.iterations, "slots": self.slots}
         arrays = {f"ix_{k}": v for k, v in self.index.to_arrays().items()}
         arrays.update({
             "page_ids": self.page_ids, "counts": self.counts,
@@ -126,6 +158,9 @@ class PooledIndex:
         meta = json.loads(bytes(np.asarray(arrays["meta"], dtype=np.uint8)).decode())
         self = cls.__new__(cls)
         self.m, self.iterations = int(meta["m"]), int(meta["iterations"])
+        self.slots = int(meta.get("slots", SLOTS))
+        if not 0 <= self.m <= SLOTS or self.slots != (ALL_TOKEN_SLOTS if self.m == 0 else SLOTS):
+            raise ValueError("pooled index metadata is inconsistent; rebuild it from the store")
         self.index = SinglePrefilter.from_arrays({k[3:]: v for k, v in arrays.items() if k.startswith("ix_")})
         self.page_ids = np.array(arrays["page_ids"], dtype=np.int64)
         self.counts = np.array(arrays["counts"], dtype=np.int64)
@@ -145,4 +180,4 @@ def _ranks(counts: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) - starts
 
 
-__all__ = ["DEFAULT_PER_TOKEN", "PooledIndex", "SLOTS"]
+__all__ = ["ALL_TOKEN_SLOTS", "DEFAULT_PER_TOKEN", "PooledIndex", "SLOTS"]

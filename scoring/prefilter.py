@@ -26,6 +26,8 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
 KINDS = ("auto", "flat", "hnsw", "ivf")
+CODECS = ("flat", "sq8")  # how IVF lists store vectors: float32, or 8 bits per dimension of the residual
+ADD_CHUNK = 1 << 18  # rows widened to float32 at a time: a big first add never holds everything in fp32
 
 
 def truncate(vectors: np.ndarray, dim: int) -> np.ndarray:
@@ -47,12 +49,19 @@ class SinglePrefilter:
         flat_max: int | None = None,
         large_kind: str = "hnsw",
         lists_per_sqrt: float = 4.0,
+        codec: str = "flat",
     ):
         """``flat_max`` (default ``AUTO_FLAT_MAX``) / ``large_kind``: what "auto" picks below /
         above that many vectors;
-        ``lists_per_sqrt``: IVF lists per square root of the vector count."""
+        ``lists_per_sqrt``: IVF lists per square root of the vector count;
+        ``codec``: how IVF lists store vectors ("flat": float32, 4 B a dimension; "sq8": the residual
+        to the list's centroid in 8 bits a dimension, a quarter of the memory, for the millions of
+        token vectors of ``pooled.PooledIndex(m=0)``)."""
         if kind not in KINDS or large_kind not in KINDS[2:]:
             raise ValueError(f"unknown prefilter kind {kind!r}/{large_kind!r}; choose one of {list(KINDS)}")
+        if codec not in CODECS:
+            raise ValueError(f"unknown IVF codec {codec!r}; choose one of {list(CODECS)}")
+        self.codec = codec
         self.dim = int(dim)
         self.kind = kind
         self.nprobe = nprobe
@@ -86,11 +95,18 @@ class SinglePrefilter:
             return faiss.IndexIDMap2(inner)
         nlist = max(1, min(int(self.lists_per_sqrt * np.sqrt(max(n_hint, 1))), n_hint // 39))  # >= 39 points per list
         quantiser = faiss.IndexFlatIP(self.dim)
-        ivf = faiss.IndexIVFFlat(quantiser, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        if self.codec == "sq8":
+            ivf = faiss.IndexIVFScalarQuantizer(quantiser, self.dim, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                                faiss.METRIC_INNER_PRODUCT)
+        else:
+            ivf = faiss.IndexIVFFlat(quantiser, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
         ivf.cp.max_points_per_centroid = 64  # train on a sample: k-means over millions is minutes here
         ivf.own_fields = True
         quantiser.this.disown()
-        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct() after removals
+        if self.codec == "flat":
+            # reconstruct() after removals. Not for sq8: a hash map entry per vector (~40 B) would
+            # cost a third of the codes themselves; its vectors are decoded list by list instead.
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
         return ivf
 
     def __len__(self) -> int:
@@ -116,16 +132,51 @@ class SinglePrefilter:
     def _vectors(self, ids: np.ndarray) -> np.ndarray:
         if len(ids) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if self._decoded_lists():
+            all_ids, vectors = self._decode_lists()
+            return vectors[np.searchsorted(all_ids, np.asarray(ids, dtype=np.int64))]
         return np.asarray(self._index.reconstruct_batch(np.asarray(ids, dtype=np.int64)), dtype=np.float32)
+
+    def _decoded_lists(self) -> bool:
+        return self.current_kind == "ivf" and self._index.direct_map.type == faiss.DirectMap.NoMap
+
+    def _decode_lists(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every (id, vector) of an IVF index without a direct map, sorted by id: each list's codes
+        decoded in one call, plus its centroid where the codes hold residuals."""
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(self._index))
+        inv, size = ivf.invlists, ivf.code_size
+        centroids = faiss.rev_swig_ptr(faiss.downcast_index(ivf.quantizer).get_xb(), ivf.nlist * self.dim)
+        centroids = np.asarray(centroids, dtype=np.float32).reshape(ivf.nlist, self.dim)
+        all_ids, parts = [], []
+        for i in range(ivf.nlist):
+            n = inv.list_size(i)
+            if not n:
+                continue
+            codes = faiss.rev_swig_ptr(inv.get_codes(i), n * size).copy().reshape(n, size)
+            out = np.asarray(ivf.sq.decode(codes), dtype=np.float32).reshape(n, self.dim)
+            if ivf.by_residual:
+                out += centroids[i]
+            all_ids.append(faiss.rev_swig_ptr(inv.get_ids(i), n).copy().astype(np.int64))
+            parts.append(out)
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
+        ids, vectors = np.concatenate(all_ids), np.concatenate(parts)
+        order = np.argsort(ids, kind="stable")
+        return ids[order], vectors[order]
 
     def _rebuild(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         kind = self._resolve(len(ids))
         index = self._empty(kind, len(ids))
         if kind == "ivf":
-            index.train(vectors if len(vectors) else np.zeros((1, self.dim), np.float32))
+            if len(vectors) > 64 * index.nlist:  # k-means samples this many anyway: widen only those
+                rng = np.random.default_rng(len(ids))
+                sample = np.sort(rng.choice(len(vectors), size=64 * index.nlist, replace=False))
+                index.train(truncate(vectors[sample], self.dim))
+            else:
+                index.train(truncate(vectors, self.dim) if len(vectors) else np.zeros((1, self.dim), np.float32))
             self._trained_at = len(ids)
-        if len(ids):
-            index.add_with_ids(vectors, ids)
+        for a in range(0, len(ids), ADD_CHUNK):
+            index.add_with_ids(truncate(vectors[a : a + ADD_CHUNK], self.dim), ids[a : a + ADD_CHUNK])
         self._index, self._dead, self._mapped = index, np.zeros(0, dtype=np.int64), False
 
     # -- mutation --------------------------------------------------------------------------
@@ -139,24 +190,30 @@ class SinglePrefilter:
         ids = np.asarray(page_ids, dtype=np.int64)
         if len(ids) == 0:
             return
-        v = truncate(vectors, self.dim)
+        if len(vectors) != len(ids):
+            raise ValueError(f"{len(ids)} ids but {len(vectors)} vectors")
         n_after = len(self) + len(ids)
         grow_ivf = self.current_kind == "ivf" and n_after > 4 * max(self._trained_at, 1)
         if self._resolve(n_after) != self.current_kind or grow_ivf or not self._index.is_trained:
             keep = self.ids()
-            self._rebuild(np.concatenate([keep, ids]), np.concatenate([self._vectors(keep), v]))
+            # vectors stay as given (often float16) until _rebuild widens them chunk by chunk
+            old = self._vectors(keep).astype(np.asarray(vectors).dtype, copy=False)
+            self._rebuild(np.concatenate([keep, ids]), np.concatenate([old, np.asarray(vectors)[:, : self.dim]]))
             return
         self._own()
-        self._index.add_with_ids(v, ids)
+        for a in range(0, len(ids), ADD_CHUNK):
+            self._index.add_with_ids(truncate(vectors[a : a + ADD_CHUNK], self.dim), ids[a : a + ADD_CHUNK])
 
     def remove(self, page_ids: np.ndarray) -> None:
         ids = np.unique(np.asarray(page_ids, dtype=np.int64))
         if len(ids) == 0:
             return
         if self.current_kind != "hnsw":
-            # IVF's hashtable direct map only accepts an IDSelectorArray
             self._own()
-            self._index.remove_ids(faiss.IDSelectorArray(ids))
+            if self._decoded_lists():  # no direct map: a hashed batch selector scans the lists once
+                self._index.remove_ids(faiss.IDSelectorBatch(ids))
+            else:  # IVF's hashtable direct map only accepts an IDSelectorArray
+                self._index.remove_ids(faiss.IDSelectorArray(ids))
             return
         ids = ids[np.isin(ids, self._all_ids())]
         self._dead = np.union1d(self._dead, ids)
@@ -191,6 +248,7 @@ class SinglePrefilter:
         meta = {
             "dim": self.dim, "kind": self.kind, "nprobe": self.nprobe, "trained_at": self._trained_at,
             "flat_max": self.flat_max, "large_kind": self.large_kind, "lists_per_sqrt": self.lists_per_sqrt,
+            "codec": self.codec,
         }
         return {
             "faiss": index_to_bytes(self._index),
@@ -206,6 +264,7 @@ class SinglePrefilter:
         self = cls(
             meta["dim"], kind=meta["kind"], nprobe=meta["nprobe"], flat_max=meta.get("flat_max"),
             large_kind=meta.get("large_kind", "hnsw"), lists_per_sqrt=meta.get("lists_per_sqrt", 4.0),
+            codec=meta.get("codec", "flat"),
         )
         stored = arrays["faiss"]
         if isinstance(stored, faiss.Index):  # opened by the caller over a memory map

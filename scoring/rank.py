@@ -37,8 +37,8 @@ from scoring.prefilter import SinglePrefilter
 from scoring.source import VectorSource
 from scoring.tokens import TokenIndex
 
-GENERATORS = ("single", "tokens", "pooled")
-DEFAULT_GENERATORS = ("pooled", "single")
+GENERATORS = ("single", "tokens", "pooled", "ann")
+DEFAULT_GENERATORS = ("ann", "single")
 DEFAULT_CANDIDATES = 200
 MAX_AUTO_CANDIDATES = 800
 PAGES_PER_CANDIDATE = 30  # the shortlist grows with the collection: real text needs it (module doc)
@@ -99,6 +99,7 @@ def shortlist(
     pooled: PooledIndex | None = None,
     per_token: int = DEFAULT_PER_TOKEN,
     k: int = 0,
+    ann: PooledIndex | None = None,
 ) -> np.ndarray:
     """Live page ids from the chosen generators (a union with quotas when several).
     A generator whose structure is missing (no codebook yet, no single vector) is skipped.
@@ -111,7 +112,7 @@ def shortlist(
     ids = proposals(
         query_multi, query_single, prefilter=prefilter, tokens=tokens, live_ids=live_ids,
         candidates=max(int(candidates), int(k)), generators=generators, nprobe=nprobe, pooled=pooled,
-        per_token=per_token,
+        per_token=per_token, ann=ann,
     )
     return top_up(ids, k, live_ids, prefilter=prefilter, query_single=query_single)
 
@@ -128,6 +129,7 @@ def proposals(
     nprobe: int = DEFAULT_NPROBE,
     pooled: PooledIndex | None = None,
     per_token: int = DEFAULT_PER_TOKEN,
+    ann: PooledIndex | None = None,
 ) -> np.ndarray:
     """What the generators propose, as one sorted set (``union_with_quotas``), before any top-up;
     empty when no generator could run."""
@@ -141,6 +143,9 @@ def proposals(
             rankings.append(live_subset(ids, live_ids))
         elif gen == "pooled" and pooled is not None:
             ids, _ = pooled.candidates(query_multi, candidates, per_token=per_token)
+            rankings.append(live_subset(ids, live_ids))
+        elif gen == "ann" and ann is not None:
+            ids, _ = ann.candidates(query_multi, candidates, per_token=per_token)
             rankings.append(live_subset(ids, live_ids))
     return union_with_quotas(rankings, candidates)
 
@@ -235,6 +240,7 @@ def search(
     device: str = "cpu",
     pooled: PooledIndex | None = None,
     per_token: int | None = None,
+    ann: PooledIndex | None = None,
 ) -> Hits:
     """One query through both stages. ``live_ids`` (sorted) is the truth about what exists;
     ``unindexed_ids`` are live pages the derived structures do not hold yet: they are always
@@ -253,6 +259,7 @@ def search(
     ids = proposals(
         query_multi, query_single, prefilter=prefilter, tokens=tokens, live_ids=live_ids,
         candidates=candidates, generators=generators, nprobe=nprobe, pooled=pooled, per_token=per_token,
+        ann=ann,
     )
     if len(ids) == 0:  # no generator could run (no codebook yet, no single query): stay exact
         return exhaustive(source, [query_multi], live_ids, k, device=device)[0]

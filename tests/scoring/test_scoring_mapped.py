@@ -22,14 +22,14 @@ def test_reopened_indexes_are_mapped_and_survive_changes(tmp_path, rng):
         first = _retriever(tmp_path / kind, source, prefilter=kind)
         first.sync()
         reopened = _retriever(tmp_path / kind, source, prefilter=kind)
-        assert reopened.prefilter._mapped and reopened.pooled.index._mapped
+        assert reopened.prefilter._mapped and reopened.ann.index._mapped
         qs = queries(rng, source)
         assert search_all(reopened, qs, k=5) == search_all(first, qs, k=5)
         # additions and removals on mapped indexes: a copy is made, nothing aborts, results are right
         new = fill(source, rng, 15)
         source.remove(int(source.live_page_ids()[3]))
         assert reopened.sync()
-        assert not reopened.prefilter._mapped and not reopened.pooled.index._mapped
+        assert not reopened.prefilter._mapped and not reopened.ann.index._mapped
         fresh = _retriever(tmp_path / f"{kind}-fresh", source, prefilter=kind)
         fresh.sync()
         qs = queries(rng, source)

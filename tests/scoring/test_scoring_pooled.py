@@ -122,43 +122,55 @@ def test_pooled_index_stays_in_step_and_round_trips(rng):
         PooledIndex.from_arrays(bad)
 
 
-def test_retriever_keeps_pooled_in_step_with_add_remove_replace(tmp_path, rng):
+# "ann" (every token, the default) and "pooled" (m means per page, built when asked for) share the
+# PooledIndex code and the Retriever's bookkeeping: both must stay in step.
+STRUCTURES = {"ann": "ann_", "pooled": "pool_"}
+
+
+@pytest.mark.parametrize("which", list(STRUCTURES))
+def test_retriever_keeps_pooled_in_step_with_add_remove_replace(tmp_path, rng, which):
     source = FakeSource()
     fill(source, rng, 80)
-    r = Retriever(tmp_path / "d", source)
+    r = Retriever(tmp_path / "d", source, pooled=which == "pooled")
     r.sync()
     assert r.tokens is None  # the codebook is only built once asked for
+    assert (r.pooled is None) == (which == "ann")  # so is the pooled index
     fill(source, rng, 5)
     for pid in (2, 9, 40):  # a replacement is a removal plus an addition under a new id
         source.remove(pid)
     r.sync()
     live = source.live_page_ids()
-    np.testing.assert_array_equal(r.pooled.live_ids(), live)
-    np.testing.assert_array_equal(np.unique(r.pooled.index.ids() // SLOTS), live)
-    reopened = Retriever(tmp_path / "d", source)
-    np.testing.assert_array_equal(reopened.pooled.live_ids(), live)
-    assert reopened.pooled.m == r.pooled.m and len(reopened.pooled.index) == len(r.pooled.index)
+    held = getattr(r, which)
+    np.testing.assert_array_equal(held.live_ids(), live)
+    np.testing.assert_array_equal(np.unique(held.index.ids() // held.slots), live)
+    reopened = getattr(Retriever(tmp_path / "d", source), which)
+    np.testing.assert_array_equal(reopened.live_ids(), live)
+    assert reopened.m == held.m and len(reopened.index) == len(held.index)
+    if which == "ann":  # every token is in, none pooled
+        assert len(held.index) == sum(len(source.pages[int(p)][1]) for p in live)
 
 
+@pytest.mark.parametrize("which", list(STRUCTURES))
 @pytest.mark.parametrize("damage", ["truncate", "inconsistent"])
-def test_corrupt_pooled_generation_is_rebuilt(tmp_path, rng, damage):
+def test_corrupt_pooled_generation_is_rebuilt(tmp_path, rng, damage, which):
     source = FakeSource()
     fill(source, rng, 80)
-    r = Retriever(tmp_path / "d", source)
+    r = Retriever(tmp_path / "d", source, pooled=which == "pooled")
     r.sync()
     gen = sorted((tmp_path / "d").glob("gen-*"))[-1]
+    counts_file = gen / f"{STRUCTURES[which]}counts.npy"
     if damage == "truncate":
-        open(gen / "pool_counts.npy", "r+b").truncate(60)
+        open(counts_file, "r+b").truncate(60)
     else:  # a complete but wrong file: counts no longer match the FAISS vectors
-        counts = np.load(gen / "pool_counts.npy")
-        np.save(gen / "pool_counts.npy", counts + 1)
+        counts = np.load(counts_file)
+        np.save(counts_file, counts + 1)
         state = json.loads((tmp_path / "d" / "state.json").read_text())
-        state["files"]["pool_counts"] = (gen / "pool_counts.npy").stat().st_size
+        state["files"][f"{STRUCTURES[which]}counts"] = counts_file.stat().st_size
         (tmp_path / "d" / "state.json").write_text(json.dumps(state))
-    reopened = Retriever(tmp_path / "d", source)
-    assert len(reopened.pooled) == 0 and reopened.watermark == -1  # discarded
+    reopened = Retriever(tmp_path / "d", source, pooled=which == "pooled")
+    assert len(getattr(reopened, which)) == 0 and reopened.watermark == -1  # discarded
     assert reopened.sync() is True
-    np.testing.assert_array_equal(reopened.pooled.live_ids(), source.live_page_ids())
+    np.testing.assert_array_equal(getattr(reopened, which).live_ids(), source.live_page_ids())
     q = source.pages[5][1][:4].astype(np.float32)
     assert reopened.search(q, None, candidates=20) == r.search(q, None, candidates=20)
 
@@ -172,8 +184,8 @@ def test_two_stage_equals_exhaustive_with_default_generators(tmp_path, rng):
     for pid in rng.choice(live, 4, replace=False):
         m = source.pages[int(pid)][1][:4].astype(np.float32)
         s = source.pages[int(pid)][0]
-        ids = rank.shortlist(m, s, prefilter=r.prefilter, tokens=r.tokens, pooled=r.pooled, live_ids=live,
-                             candidates=len(live), per_token=len(live) * SLOTS)
+        ids = rank.shortlist(m, s, prefilter=r.prefilter, tokens=r.tokens, ann=r.ann, live_ids=live,
+                             candidates=len(live), per_token=len(live) * 40)
         assert sorted(ids) == list(live)
         assert rank.rerank(source, m, ids, 10) == r.search(m, s, exhaustive=True)
         assert r.search(m, s, candidates=len(live)) == r.search(m, s, exhaustive=True)
@@ -194,6 +206,7 @@ def test_removed_pages_never_come_back_through_pooled(tmp_path, rng):
     for q in qs:
         assert not {4, 20, 33} & {pid for pid, _ in Retriever(tmp_path / "d", source).search(q, None, k=20, candidates=30)}
     assert not np.isin([4, 20, 33], r.pooled.index.ids() // SLOTS).any()
+    assert not np.isin([4, 20, 33], r.ann.index.ids() // r.ann.slots).any()
 
 
 def test_tokens_generator_is_built_on_first_use(tmp_path, rng):
@@ -207,3 +220,82 @@ def test_tokens_generator_is_built_on_first_use(tmp_path, rng):
     assert r.tokens is not None and hits[0][0] == r.search(q, None, k=3, exhaustive=True)[0][0]
     reopened = Retriever(tmp_path / "d", source, min_train_tokens=500)
     assert reopened.tokens is not None and reopened.token_codebook
+
+
+def _token_pages(rng, n, tokens, dim=16):
+    return [normalise(rng.standard_normal((tokens, dim))).astype(np.float16) for _ in range(n)]
+
+
+def test_all_token_index_goes_ivf_sq8_and_keeps_every_token(rng):
+    """m = 0: every token vector, in IVF lists of 8-bit residuals once past the flat size; removal,
+    regrowth (lists decoded, retrained) and a save/load round trip keep it exact about what it holds."""
+    from scoring.pooled import FLAT_MAX_VECTORS
+
+    ann = PooledIndex(16, m=0)
+    pages = _token_pages(rng, 700, 100)  # 70k token vectors > FLAT_MAX_VECTORS
+    assert 70_000 > FLAT_MAX_VECTORS
+    ids = np.arange(1, 701, dtype=np.int64)
+    ann.add(ids[:100], pages[:100])
+    assert ann.index.current_kind == "flat"
+    ann.add(ids[100:], pages[100:])
+    assert ann.index.current_kind == "ivf" and ann.index.codec == "sq8"
+    import faiss
+
+    ivf = faiss.extract_index_ivf(ann.index._index)
+    assert isinstance(faiss.downcast_index(ann.index._index), faiss.IndexIVFScalarQuantizer)
+    assert ivf.direct_map.type == faiss.DirectMap.NoMap  # no per-vector hash map
+    assert len(ann.index) == 70_000
+    # decoded vectors are the tokens within 8-bit error
+    held, vectors = ann.index._decode_lists()
+    assert len(held) == 70_000
+    want = np.concatenate(pages).astype(np.float32)
+    sub = np.concatenate([i * ann.slots + np.arange(100) for i in ids])
+    assert (np.diff(sub) > 0).all()  # page by page, token by token: sorted already
+    np.testing.assert_array_equal(held, sub)
+    err = np.abs(vectors - want)
+    assert err.mean() < 0.005 and err.max() < 0.15  # 8 bits a dimension; the odd residual past the trained range clips
+    # a query made of one page's own tokens finds that page first
+    for pid in (5, 333, 690):
+        got, _ = ann.candidates(pages[pid - 1][:6].astype(np.float32), 5, per_token=64)
+        assert got[0] == pid
+    ann.remove(np.array([333, 5]))
+    assert len(ann.index) == 69_800 and not np.isin([5, 333], ann.index.ids() // ann.slots).any()
+    got, _ = ann.candidates(pages[332][:6].astype(np.float32), 5, per_token=64)
+    assert 333 not in got
+    again = PooledIndex.from_arrays(ann.to_arrays())
+    assert again.m == 0 and again.slots == ann.slots and len(again.index) == len(ann.index)
+    got2, _ = again.candidates(pages[689][:6].astype(np.float32), 5, per_token=64)
+    assert got2[0] == 690
+    # growth past 4x the trained size retrains from the decoded lists, dropping nothing
+    more = _token_pages(rng, 2100, 100)
+    ann.add(np.arange(1000, 3100, dtype=np.int64), more)
+    assert len(ann.index) == 69_800 + 210_000
+    got, _ = ann.candidates(pages[689][:6].astype(np.float32), 5, per_token=64)
+    assert got[0] == 690
+
+
+def test_all_token_index_pools_only_pages_beyond_its_slots(rng):
+    from scoring.pooled import ALL_TOKEN_SLOTS
+
+    ann = PooledIndex(16, m=0)
+    long_page = normalise(rng.standard_normal((ALL_TOKEN_SLOTS + 500, 16))).astype(np.float16)
+    short_page = normalise(rng.standard_normal((30, 16))).astype(np.float16)
+    ann.add(np.array([1, 2]), [long_page, short_page])
+    assert ann.counts.tolist()[1] == 30 and 0 < ann.counts.tolist()[0] <= ALL_TOKEN_SLOTS
+
+
+@pytest.mark.parametrize("bad", [-1, 2**62])
+def test_page_ids_that_would_overflow_the_sub_ids_are_refused(rng, bad):
+    ann = PooledIndex(16, m=0)
+    with pytest.raises(ValueError, match="page ids"):
+        ann.add(np.array([bad]), _token_pages(rng, 1, 4))
+
+
+def test_hostile_pooled_metadata_is_refused(rng):
+    ann = PooledIndex(16, m=0)
+    ann.add(np.array([1, 2]), _token_pages(rng, 2, 4))
+    arrays = ann.to_arrays()
+    for meta in ({"m": 0, "iterations": 6, "slots": 64}, {"m": 99, "iterations": 6}, {"m": 8, "iterations": 6, "slots": 4096}):
+        bad = dict(arrays, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+        with pytest.raises(ValueError):
+            PooledIndex.from_arrays(bad)

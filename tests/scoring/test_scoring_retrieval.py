@@ -36,7 +36,7 @@ def test_two_stage_equals_exhaustive_when_k_covers_collection(tmp_path, source, 
     live = source.live_page_ids()
     for m, s in queries(rng, source):
         ids = rank.shortlist(
-            m, s, prefilter=r.prefilter, tokens=r.tokens, pooled=r.pooled, live_ids=live, candidates=len(live)
+            m, s, prefilter=r.prefilter, tokens=r.tokens, ann=r.ann, live_ids=live, candidates=len(live)
         )
         assert sorted(ids) == list(live)
         assert rank.rerank(source, m, ids, 10) == r.search(m, s, exhaustive=True)
