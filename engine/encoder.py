@@ -138,6 +138,23 @@ class Encoder:
                         show_progress_bar: bool | None = None) -> list[Embedding]:
         return self._encode_texts(texts, prompts.PASSAGE, batch_size, show_progress_bar)
 
+    def query_tokens(self, texts: Sequence[str]) -> list[list[str]]:
+        """The tokens ``encode_queries`` embeds for each text (its prompt prefix included), as
+        strings: one per row of that query's multi-vector, in order."""
+        return self._text_tokens(texts, prompts.QUERY)
+
+    def passage_tokens(self, texts: Sequence[str]) -> list[list[str]]:
+        """As ``query_tokens``, for ``encode_passages``."""
+        return self._text_tokens(texts, prompts.PASSAGE)
+
+    def _text_tokens(self, texts: Sequence[str], role: str) -> list[list[str]]:
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise EngineError("texts must be a list of strings", "Wrap a single text in a list: [text].")
+        if len(texts) == 0:
+            return []
+        ids = self._processor.tokenize([prompts.text_prompt(self._task, role, t) for t in texts])
+        return [self._processor.token_strings(row) for row in ids]
+
     def encode_images(self, images: Sequence[Any], *, batch_size: int = 8,
                       show_progress_bar: bool | None = None) -> list[Embedding]:
         """PIL images or image file paths; paths are decoded one batch at a time."""
@@ -181,7 +198,11 @@ class Encoder:
                 single = single.cpu().numpy()
                 multi = multi.cpu().numpy()
                 lens = batch["attention_mask"].sum(dim=1).tolist()
+                # rows are right-padded and every real token is kept, so a token's place in the batch
+                # row is its place in the page's multi-vector: the grid offsets carry over as they are
+                grids = self._processor.grids(batch) if is_image else [None] * len(idx)
                 for row, i in enumerate(idx):
-                    results[i] = Embedding(single=single[row].copy(), multi=multi[row, : int(lens[row])].copy())
+                    results[i] = Embedding(single=single[row].copy(), multi=multi[row, : int(lens[row])].copy(),
+                                           grid=grids[row])
                 bar.update(len(idx))
         return results  # type: ignore[return-value]

@@ -20,6 +20,7 @@ from PIL import Image
 
 from engine.errors import EngineError
 from engine.prompts import IMAGE_PAD, image_prompt
+from engine.types import PatchGrid
 
 MAX_TEXT_TOKENS = 32768
 _CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -97,6 +98,11 @@ class InputProcessor:
         enc = self.tokenizer(text=list(prompts), truncation=True, max_length=MAX_TEXT_TOKENS)
         return [list(ids) for ids in enc["input_ids"]]
 
+    def token_strings(self, ids: Sequence[int]) -> list[str]:
+        """Each token id decoded on its own (a byte-level piece of a longer character may decode
+        to U+FFFD): labels for per-token views such as heatmaps, one per multi-vector row."""
+        return [self.tokenizer.decode([int(i)]) for i in ids]
+
     def text_batch(self, ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
         input_ids, mask = self._pad(ids)
         return {"input_ids": input_ids, "attention_mask": mask}
@@ -119,6 +125,26 @@ class InputProcessor:
             # text 0, image 1: what the stock processor would hand over, needed for M-RoPE positions
             "mm_token_type_ids": (input_ids == self.image_token_id).to(torch.int32),
         }
+
+    def grids(self, batch: dict[str, torch.Tensor]) -> list[PatchGrid | None]:
+        """Per image of an ``image_batch``: where its merged patch tokens sit in the (right-padded,
+        unpooled) token sequence. The processor flattens patches merge-block by merge-block,
+        row-major over the merged grid, and the vision merger turns each block into one token, so
+        token k of the image span covers merged cell (k // cols, k % cols). Anything that does not
+        add up (a video-like temporal grid, a span that is not contiguous) gets None, never a guess."""
+        out: list[PatchGrid | None] = []
+        ids, thw = batch["input_ids"], batch["image_grid_thw"]
+        for row in range(ids.shape[0]):
+            t, h, w = (int(v) for v in thw[row].tolist())
+            where = (ids[row] == self.image_token_id).nonzero().flatten()
+            rows, cols = h // self.merge_size, w // self.merge_size
+            n = int(where.numel())
+            contiguous = n > 0 and int(where[-1]) - int(where[0]) + 1 == n
+            if t != 1 or h % self.merge_size or w % self.merge_size or n != rows * cols or not contiguous:
+                out.append(None)
+                continue
+            out.append(PatchGrid(offset=int(where[0]), rows=rows, cols=cols))
+        return out
 
     def _pad(self, ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in ids)

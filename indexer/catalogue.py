@@ -72,12 +72,30 @@ def _m1_initial(db: sqlite3.Connection) -> None:
 
 def _m2_partial_documents(db: sqlite3.Connection) -> None:
     # A long document commits in chunks; until its last page is in, complete = 0 and searches skip it.
-    db.executescript("ALTER TABLE documents ADD COLUMN complete INTEGER NOT NULL DEFAULT 1;")
+    if "complete" not in {r[1] for r in db.execute("PRAGMA table_info(documents)").fetchall()}:
+        db.executescript("ALTER TABLE documents ADD COLUMN complete INTEGER NOT NULL DEFAULT 1;")
+
+
+# Migration 3: the patch grid of a page image (heatmaps). NULL for pages stored without one (older
+# indexes, embeddings brought without a grid). grid_offset/rows/cols: rows*cols patch tokens sit at
+# multi rows [grid_offset, grid_offset + rows*cols), row-major. box_*: the part of the encoded image
+# showing the page (fractions; less than 0..1 where the renderer padded the page).
+GRID_COLUMNS = ("grid_offset", "grid_rows", "grid_cols", "box_x0", "box_y0", "box_x1", "box_y1")
+
+
+def _m3_patch_grid(db: sqlite3.Connection) -> None:
+    # Only the columns the table lacks: a catalogue whose migration record has a gap (2 undone,
+    # 3 recorded) is migrated again from the gap, and must not fail on columns it already has.
+    have = {r[1] for r in db.execute("PRAGMA table_info(pages)").fetchall()}
+    kinds = {"grid_offset": "INTEGER", "grid_rows": "INTEGER", "grid_cols": "INTEGER"}
+    db.executescript("".join(f"ALTER TABLE pages ADD COLUMN {c} {kinds.get(c, 'REAL')};\n"
+                             for c in GRID_COLUMNS if c not in have))
 
 
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (1, "initial", _m1_initial),
     (2, "partial documents", _m2_partial_documents),
+    (3, "patch grid", _m3_patch_grid),
 ]
 REQUIRED_TABLES = ("meta", "documents", "shards", "pages", "runs")
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -116,8 +134,16 @@ def connect(path: str, *, writable: bool) -> sqlite3.Connection:
 def read_older_schema(db: sqlite3.Connection) -> None:
     """A reader may open a catalogue a writer has not migrated yet: temp views (which shadow the
     main tables for unqualified names) give it the newest columns with their defaults."""
-    if schema_version(db) < 2:
+    if "complete" not in _columns(db, "documents"):
         db.execute("CREATE TEMP VIEW documents AS SELECT *, 1 AS complete FROM main.documents")
+    missing = [c for c in GRID_COLUMNS if c not in _columns(db, "pages")]
+    if missing:  # pages stored before grids were recorded: no grid (their heatmaps ask for a re-index)
+        nulls = ", ".join(f"NULL AS {c}" for c in missing)
+        db.execute(f"CREATE TEMP VIEW pages AS SELECT *, {nulls} FROM main.pages")
+
+
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {r[1] for r in db.execute(f"PRAGMA main.table_info({table})").fetchall()}
 
 
 def check_schema(db: sqlite3.Connection) -> int:
@@ -168,6 +194,19 @@ def schema_version(db: sqlite3.Connection) -> int:
     return int(row[0] or 0)
 
 
+def applied_through(db: sqlite3.Connection) -> int:
+    """The last migration n such that 1..n are all recorded: migrating resumes after it (a record
+    with a gap is migrated again from the gap; each migration tolerates what is already there)."""
+    has = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_migrations'").fetchone()
+    if not has:
+        return 0
+    done = {int(r[0]) for r in db.execute("SELECT version FROM schema_migrations") if isinstance(r[0], int)}
+    n = 0
+    while n + 1 in done:
+        n += 1
+    return n
+
+
 def migrate(db: sqlite3.Connection) -> int:
     """Apply every migration not yet applied; refuse a catalogue newer than this code."""
     db.execute(
@@ -179,12 +218,13 @@ def migrate(db: sqlite3.Connection) -> int:
             f"the catalogue has schema version {current}; this pagelens knows up to {SCHEMA_VERSION}",
             "upgrade pagelens to open this index",
         )
+    done = applied_through(db)
     for version, name, apply in MIGRATIONS:
-        if version <= current:
+        if version <= done:
             continue
         with transaction(db):
             apply_in_transaction(db, apply)
-            db.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, time.time()))
+            db.execute("INSERT OR REPLACE INTO schema_migrations VALUES (?, ?, ?)", (version, name, time.time()))
     return SCHEMA_VERSION
 
 
@@ -260,19 +300,45 @@ def extend_document(db: sqlite3.Connection, doc_id: int, page_count: int, comple
                (page_count, int(complete), time.time(), doc_id))
 
 
-_PAGE_INSERT = ("INSERT INTO pages (document_id, page_number, width, height, multi_shard, multi_offset, n_tokens,"
-                " single_shard, single_row, crc32) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_LOCATION_COLUMNS = ("page_number", "width", "height", "multi_shard", "multi_offset", "n_tokens", "single_shard",
+                     "single_row", "crc32")
+_PAGE_INSERT = (f"INSERT INTO pages (document_id, {', '.join(_LOCATION_COLUMNS + GRID_COLUMNS)}) VALUES "
+                f"({', '.join('?' * (1 + len(_LOCATION_COLUMNS) + len(GRID_COLUMNS)))})")
+_NO_GRID = (None,) * len(GRID_COLUMNS)
 
 
 def insert_pages(db: sqlite3.Connection, doc_id: int, rows) -> list[int]:
     """Insert page rows (page_number, width, height, multi_shard, multi_offset, n_tokens, single_shard,
-    single_row, crc32); returns their new page ids in order."""
-    return [int(db.execute(_PAGE_INSERT, (doc_id, *row)).lastrowid) for row in rows]
+    single_row, crc32[, grid_offset, grid_rows, grid_cols, box_x0, box_y0, box_x1, box_y1]); a row
+    without the grid part stores none. Returns their new page ids in order."""
+    ids = []
+    for row in rows:
+        row = tuple(row)
+        if len(row) == len(_LOCATION_COLUMNS):
+            row = row + _NO_GRID
+        ids.append(int(db.execute(_PAGE_INSERT, (doc_id, *row)).lastrowid))
+    return ids
 
 
 def page_locations_of(db: sqlite3.Connection, doc_id: int) -> list[tuple]:
-    return db.execute("SELECT page_number, width, height, multi_shard, multi_offset, n_tokens, single_shard,"
-                      " single_row, crc32 FROM pages WHERE document_id = ? ORDER BY page_number", (doc_id,)).fetchall()
+    """A document's page rows as ``insert_pages`` takes them, grid included (a copy keeps it)."""
+    return db.execute(f"SELECT {', '.join(_LOCATION_COLUMNS + GRID_COLUMNS)} FROM pages WHERE document_id = ?"
+                      " ORDER BY page_number", (doc_id,)).fetchall()
+
+
+def page_size_row(db: sqlite3.Connection, page_id: int) -> tuple | None:
+    """(width, height) recorded for a visible page, or None when no such page is live."""
+    return db.execute("SELECT p.width, p.height FROM pages p JOIN documents d ON d.id = p.document_id"
+                      " WHERE p.page_id = ? AND d.status = 'indexed' AND d.complete = 1", (page_id,)).fetchone()
+
+
+def page_grid_row(db: sqlite3.Connection, page_id: int) -> tuple | None:
+    """(n_tokens, grid_offset, grid_rows, grid_cols, box_x0, box_y0, box_x1, box_y1) of a visible page
+    (its document complete and indexed), or None when no such page is live. Values are as stored:
+    the caller checks them."""
+    return db.execute(f"SELECT p.n_tokens, {', '.join('p.' + c for c in GRID_COLUMNS)} FROM pages p JOIN documents d"
+                      " ON d.id = p.document_id WHERE p.page_id = ? AND d.status = 'indexed' AND d.complete = 1",
+                      (page_id,)).fetchone()
 
 
 def set_watermark(db: sqlite3.Connection, shard_id: int, rows: int) -> None:

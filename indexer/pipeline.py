@@ -16,6 +16,7 @@ whole (out of memory, model unavailable, failing on every page), Ctrl-C.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import threading
@@ -234,7 +235,7 @@ class _Run:
         if getattr(result, "multi", None) is not None and len(result.multi) == 0:
             self.kill_document(src, f"cannot be encoded: page {page.page_number}: the encoder gave no token vectors")
             return
-        self.writer.add_page(page.page_number, page.width, page.height, result)
+        self.writer.add_page(page.page_number, page.width, page.height, _with_content_box(result, page))
         self.report.pages_encoded += 1
         self.emit(PageDone(src.path, page.page_number, self.expected_pages, self.report.pages_encoded))
 
@@ -376,6 +377,21 @@ def _remove_gone(store: Store, found, report: IndexReport, emit) -> None:
             if doc.status == "indexed":
                 report.removed.append((doc.path, pages))
                 emit(FileRemoved(doc.path, pages))
+
+
+def _with_content_box(embedding, page):
+    """The embedding with its patch grid told where the page sits in the rendered image (the
+    renderer pads tiny and very long pages): the encoder's own box, if any, composed with it."""
+    grid = getattr(embedding, "grid", None)
+    if grid is None or getattr(page, "content", None) is None:
+        return embedding
+    ex0, ey0, ex1, ey1 = grid.box
+    px0, py0, px1, py1 = page.content_fractions()
+    box = (ex0 + (ex1 - ex0) * px0, ey0 + (ey1 - ey0) * py0, ex0 + (ex1 - ex0) * px1, ey0 + (ey1 - ey0) * py1)
+    try:
+        return dataclasses.replace(embedding, grid=grid.with_box(box))
+    except (TypeError, ValueError):  # not a dataclass Embedding, or a degenerate box: keep what it said
+        return embedding
 
 
 def _one_line(exc: BaseException) -> str:

@@ -53,6 +53,16 @@ class RenderedPage:
     image: Image.Image  # RGB
     width: int
     height: int
+    # (x0, y0, x1, y1) pixels of ``image`` showing the page itself; None: all of it. Less than all
+    # where a tiny or very long page was padded to a legal shape: heatmaps map through it.
+    content: tuple[int, int, int, int] | None = None
+
+    def content_fractions(self) -> tuple[float, float, float, float]:
+        """``content`` as fractions of the image (what a patch grid over this image records)."""
+        if self.content is None or self.width <= 0 or self.height <= 0:
+            return (0.0, 0.0, 1.0, 1.0)
+        x0, y0, x1, y1 = self.content
+        return (x0 / self.width, y0 / self.height, x1 / self.width, y1 / self.height)
 
 
 # --- shapes --------------------------------------------------------------------------------------
@@ -107,25 +117,38 @@ def legal_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
     return w, h
 
 
+def content_box(width: int, height: int, max_pixels: int) -> tuple[int, int, int, int]:
+    """Where a ``width`` x ``height`` picture lands on its ``legal_size`` canvas (``pad_to_legal``
+    centres it): (x0, y0, x1, y1) in canvas pixels."""
+    size = legal_size(width, height, max_pixels)
+    x0, y0 = (size[0] - width) // 2, (size[1] - height) // 2
+    return x0, y0, x0 + width, y0 + height
+
+
 def pad_to_legal(img: Image.Image, max_pixels: int) -> Image.Image:
     """``img`` centred on a white canvas of ``legal_size`` (``img`` itself when it already is)."""
     size = legal_size(img.width, img.height, max_pixels)
     if size == img.size:
         return img
     canvas = Image.new("RGB", size, PAD_COLOUR)
-    canvas.paste(img, ((size[0] - img.width) // 2, (size[1] - img.height) // 2))
+    canvas.paste(img, content_box(img.width, img.height, max_pixels)[:2])
     return canvas
 
 
 def fit_image(img: Image.Image, max_pixels: int) -> Image.Image:
     """An RGB copy of ``img`` scaled by ``content_scale`` and padded to a legal shape."""
+    return fit_image_boxed(img, max_pixels)[0]
+
+
+def fit_image_boxed(img: Image.Image, max_pixels: int) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """``fit_image`` and where the picture sits in it (``content_box``)."""
     img = img.convert("RGB")
     w, h = img.size
     scale = content_scale(w, h, max_pixels)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     if size != (w, h):
         img = img.resize(size, Image.Resampling.LANCZOS)
-    return pad_to_legal(img, max_pixels)
+    return pad_to_legal(img, max_pixels), content_box(img.width, img.height, max_pixels)
 
 
 cap_image = fit_image  # the earlier name
@@ -264,6 +287,11 @@ def render_pdf_pixels(doc, index: int, path: str, dpi: float, cap: int):
 
     Already a legal shape (nearly every page): the pixmap's own samples, no copy. Otherwise the
     padded image's bytes. Raises MemoryError when MuPDF runs out of memory."""
+    return render_pdf_pixels_boxed(doc, index, path, dpi, cap)[:4]
+
+
+def render_pdf_pixels_boxed(doc, index: int, path: str, dpi: float, cap: int):
+    """``render_pdf_pixels`` plus the page's ``content_box`` in the (possibly padded) image."""
     import pymupdf
 
     try:
@@ -280,16 +308,17 @@ def render_pdf_pixels(doc, index: int, path: str, dpi: float, cap: int):
             raise MemoryError(str(exc)) from None
         raise BrokenFileError(path, f"page {index + 1} cannot be rendered: {_one_line(exc)}") from None
     w, h = pix.width, pix.height
+    box = content_box(w, h, cap)
     if legal_size(w, h, cap) == (w, h):
-        return w, h, pix.samples_mv, pix
+        return w, h, pix.samples_mv, pix, box
     img = pad_to_legal(Image.frombytes("RGB", (w, h), pix.samples_mv), cap)
-    return img.width, img.height, img.tobytes(), img
+    return img.width, img.height, img.tobytes(), img, box
 
 
 def _render_pdf_page(doc, index: int, path: str, dpi: float, cap: int) -> RenderedPage:
-    w, h, data, _owner = render_pdf_pixels(doc, index, path, dpi, cap)
+    w, h, data, _owner, box = render_pdf_pixels_boxed(doc, index, path, dpi, cap)
     img = Image.frombytes("RGB", (w, h), data)
-    return RenderedPage(page_number=index + 1, image=img, width=img.width, height=img.height)
+    return RenderedPage(page_number=index + 1, image=img, width=img.width, height=img.height, content=box)
 
 
 def _render_image(path: str, cap: int, data: bytes | None = None) -> RenderedPage:
@@ -299,7 +328,7 @@ def _render_image(path: str, cap: int, data: bytes | None = None) -> RenderedPag
         with (io.BytesIO(data) if data is not None else _open_file(path)) as fh:
             with Image.open(fh) as raw:
                 raw.load()
-                img = fit_image(raw, cap)
+                img, box = fit_image_boxed(raw, cap)
     except PdfError:
         raise
     except MemoryError:
@@ -308,7 +337,7 @@ def _render_image(path: str, cap: int, data: bytes | None = None) -> RenderedPag
         raise BrokenFileError(path, f"image too large to decode safely: {_one_line(exc)}") from None
     except Exception as exc:
         raise BrokenFileError(path, f"not a readable image: {_one_line(exc)}") from None
-    return RenderedPage(page_number=1, image=img, width=img.width, height=img.height)
+    return RenderedPage(page_number=1, image=img, width=img.width, height=img.height, content=box)
 
 
 def _open_file(path: str):

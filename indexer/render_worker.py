@@ -29,8 +29,8 @@ or when the parent goes.
 Protocol (parent -> child, pickled tuples): ``("open", path bytes, kind, sha256, dpi, cap,
 password, memory, timeout, shared bytes)`` and ``("ack", slot)``. Child -> parent: ``("ready",)``
 once at start, then per file ``("changed", sha256)`` | ``("error", class name, detail, hint,
-fatal)`` | ``("opened", pages)`` followed by ``("page", number, width, height, slot)`` per page
-(slot -1: one bytes message follows), then ``("end",)`` or an ``("error", ...)``.
+fatal)`` | ``("opened", pages)`` followed by ``("page", number, width, height, slot, content box)`` per page
+(slot -1: one bytes message follows; the box: where the page sits in a padded image), then ``("end",)`` or an ``("error", ...)``.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from PIL import Image
 
 from indexer import errors as _errors
 from indexer.errors import BrokenFileError, IndexerError, PdfError
+from indexer.child_limits import address_space, alarm, limit_memory
 from indexer.render import RenderedPage
 from indexer.sources import SourceFile
 
@@ -347,7 +348,7 @@ class WorkerDocument:
             if msg[0] != "page" or msg[1] != number:
                 worker._reap()
                 raise RendererCrashedError(path, f"the renderer sent {msg[0]!r} for {doing}")
-            _tag, _n, width, height, slot = msg
+            _tag, _n, width, height, slot, box = msg
             data = worker._page_bytes(slot, 3 * width * height, path, self.timeout, doing)
             try:
                 img = Image.frombytes("RGB", (width, height), data)
@@ -357,7 +358,10 @@ class WorkerDocument:
                 raise RendererCrashedError(path, f"the renderer sent damaged pixels for {doing}") from None
             del data
             worker._ack(slot)
-            yield RenderedPage(page_number=number, image=img, width=width, height=height)
+            if not valid_content_box(box, width, height):
+                worker._reap()
+                raise RendererCrashedError(path, f"the renderer sent a damaged content box for {doing}")
+            yield RenderedPage(page_number=number, image=img, width=width, height=height, content=tuple(box))
         msg = worker._receive(path, self.timeout, "closing the file")
         if msg[0] != "end":
             worker._reap()
@@ -416,32 +420,7 @@ def _shutdown() -> None:
 # --- child side ----------------------------------------------------------------------------------
 
 
-def _address_space() -> int | None:
-    try:
-        with open("/proc/self/statm", "rb") as fh:
-            return int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
 
-
-def _limit_memory(limit: int | None) -> None:
-    try:
-        import resource
-
-        _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-        if limit is None:
-            resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
-        else:
-            if hard != resource.RLIM_INFINITY:
-                limit = min(limit, hard)
-            resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-    except (ImportError, OSError, ValueError):
-        pass  # no RLIMIT_AS here: the time budget and the parent's watchdog still hold
-
-
-def _alarm(seconds: float) -> None:
-    if hasattr(signal, "setitimer"):
-        signal.setitimer(signal.ITIMER_REAL, max(0.0, seconds))
 
 
 def _memfd() -> int | None:
@@ -487,9 +466,17 @@ class _Slots:
         return slot
 
 
-def _send_page(out: Connection, slots: _Slots, number: int, width: int, height: int, pixels) -> None:
+def valid_content_box(box, width: int, height: int) -> bool:
+    """A content box of four integers inside a ``width`` x ``height`` image, not empty."""
+    if not isinstance(box, tuple) or len(box) != 4 or not all(type(v) is int for v in box):
+        return False
+    x0, y0, x1, y1 = box
+    return 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+
+
+def _send_page(out: Connection, slots: _Slots, number: int, width: int, height: int, pixels, box) -> None:
     slot = slots.put(pixels)
-    out.send(("page", number, width, height, slot))
+    out.send(("page", number, width, height, slot, tuple(int(v) for v in box)))
     if slot < 0:
         out.send_bytes(pixels)
 
@@ -505,14 +492,14 @@ def _serve(msg, out: Connection, slots: _Slots) -> bool:
     doc = data = None
     try:
         slots.resize(shared)
-        _alarm(timeout + _GRACE_S)
+        alarm(timeout + _GRACE_S)
         try:
             size = os.stat(raw_path).st_size
         except OSError:
             size = 0
-        base = _address_space()
+        base = address_space()
         if base is not None:
-            _limit_memory(base + memory + 2 * size)
+            limit_memory(base + memory + 2 * size)
         try:
             with _open_binary(path) as fh:
                 data = fh.read()
@@ -526,51 +513,51 @@ def _serve(msg, out: Connection, slots: _Slots) -> bool:
             raise _errors.UnreadableError(path, f"cannot read: {exc.strerror or exc}") from None
         digest = hashlib.sha256(data).hexdigest()
         if digest != sha256:
-            _alarm(0)
+            alarm(0)
             out.send(("changed", digest))
             return True
         source = SourceFile(path, len(data), 0.0, digest)
         if kind == "image":
-            _alarm(0)
+            alarm(0)
             out.send(("opened", 1))
             doing = "the image"
-            _alarm(timeout + _GRACE_S)
+            alarm(timeout + _GRACE_S)
             page = render._render_image(path, cap, data)
             payload = page.image.tobytes()
-            _alarm(0)
-            _send_page(out, slots, 1, page.width, page.height, payload)
+            alarm(0)
+            _send_page(out, slots, 1, page.width, page.height, payload, page.content or (0, 0, page.width, page.height))
         else:
             doc = render.DocumentPages(source, dpi=dpi, max_pixels=cap, password=password, data=data)
-            _alarm(0)
+            alarm(0)
             out.send(("opened", doc.page_count))
             for index in range(doc.page_count):
                 doing = f"page {index + 1}"
-                _alarm(timeout + _GRACE_S)
-                width, height, pixels, owner = render.render_pdf_pixels(doc._doc, index, path, dpi, cap)
-                _alarm(0)
-                _send_page(out, slots, index + 1, width, height, pixels)
+                alarm(timeout + _GRACE_S)
+                width, height, pixels, owner, box = render.render_pdf_pixels_boxed(doc._doc, index, path, dpi, cap)
+                alarm(0)
+                _send_page(out, slots, index + 1, width, height, pixels, box)
                 del pixels, owner
-        _alarm(0)
+        alarm(0)
         out.send(("end",))
         return True
     except PdfError as exc:
-        _alarm(0)
+        alarm(0)
         out.send(("error", type(exc).__name__, exc.detail, exc.hint, False))
         return True
     except MemoryError:
-        _alarm(0)
+        alarm(0)
         doc = data = None
-        _limit_memory(None)
+        limit_memory(None)
         limit = f"{memory / (1 << 20):.0f} MiB"
         out.send(("error", "RenderLimitError", f"{_while(doing)} ran out of memory (limit {limit})", _MEMORY_HINT,
                   True))
         return False
     finally:
-        _alarm(0)
+        alarm(0)
         if doc is not None:
             doc.close()
         doc = data = None
-        _limit_memory(None)
+        limit_memory(None)
         try:
             import pymupdf
 

@@ -18,9 +18,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from engine.types import PatchGrid
 from indexer import catalogue as cat
 from indexer.compaction import StoreStats, compact_store
-from indexer.errors import CorruptIndexError, IndexExistsError, PdfError, ReadOnlyError
+from indexer.errors import CorruptIndexError, IndexExistsError, PageNotFoundError, PdfError, ReadOnlyError
 from indexer.manifest import (
     DERIVED_DIR, FORMAT_NAME, FORMAT_VERSION, LOCK_NAME, MANIFEST_NAME, check_identity, read_manifest,
     take_lock,
@@ -304,6 +305,39 @@ class Store:
         ids = [r[0] for r in self._db.execute(
             "SELECT page_id FROM pages WHERE document_id = ? ORDER BY page_number", (row[0],))]
         return np.asarray(ids, dtype=np.int64)
+
+    def page_grid(self, page_id) -> PatchGrid | None:
+        """The patch grid a live page was stored with (see ``engine.types.PatchGrid``), or None
+        when it has none: stored before grids were recorded, brought without one, or with values
+        that cannot be right (negative, huge, not integers, more patches than the page has token
+        vectors, a box outside the image). Such values are never trusted as a place to read.
+        Raises PageNotFoundError when no live page has that id."""
+        if isinstance(page_id, bool) or not isinstance(page_id, (int, np.integer)):
+            raise PageNotFoundError(f"page id {page_id!r} is not an integer", "use a page_id from a search hit")
+        try:
+            row = cat.page_grid_row(self._db, int(page_id)) if -(1 << 63) <= int(page_id) < (1 << 63) else None
+        except sqlite3.Error as exc:
+            raise _catalogue_error(exc) from None
+        if row is None:
+            raise PageNotFoundError(f"no page with id {int(page_id)} in this index (removed, or from another index)",
+                                    "use a page_id from a current search hit")
+        return _checked_grid(row)
+
+    def page_size(self, page_id) -> tuple[int | None, int | None]:
+        """(width, height) in pixels the page was encoded at, as recorded; (None, None) for a page
+        stored without them or with values that cannot be a size. Raises PageNotFoundError when no
+        live page has that id."""
+        if isinstance(page_id, bool) or not isinstance(page_id, (int, np.integer)):
+            raise PageNotFoundError(f"page id {page_id!r} is not an integer", "use a page_id from a search hit")
+        try:
+            row = cat.page_size_row(self._db, int(page_id)) if -(1 << 63) <= int(page_id) < (1 << 63) else None
+        except sqlite3.Error as exc:
+            raise _catalogue_error(exc) from None
+        if row is None:
+            raise PageNotFoundError(f"no page with id {int(page_id)} in this index (removed, or from another index)",
+                                    "use a page_id from a current search hit")
+        sane = all(isinstance(v, int) and not isinstance(v, bool) and 0 < v < (1 << 20) for v in row)
+        return (int(row[0]), int(row[1])) if sane else (None, None)
 
     # --- catalogue reads -------------------------------------------------------------------------
 
@@ -643,6 +677,20 @@ class Store:
             raise CorruptIndexError(f"page {doc.pages[0]} of {doc.display_path} fails its checksum",
                                     "re-index that document with `pagelens index --repair`")
         return report.pages_checked
+
+
+def _checked_grid(row) -> PatchGrid | None:
+    """A PatchGrid from catalogue values (n_tokens, offset, rows, cols, x0, y0, x1, y1), or None."""
+    n_tokens, offset, rows, cols, *box = row
+    if not all(type(v) is int for v in (n_tokens, offset, rows, cols)):
+        return None  # NULL (no grid), or text / blobs / floats where integers belong
+    if not all(type(v) in (int, float) for v in box):
+        return None
+    try:
+        grid = PatchGrid(offset, rows, cols, tuple(float(v) for v in box))  # checks ranges and the box
+    except (ValueError, OverflowError):
+        return None
+    return grid if grid.fits(n_tokens) else None
 
 
 def _size(path: str) -> int:

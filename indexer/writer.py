@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine.types import Embedding
+from engine.types import Embedding, PatchGrid
 from indexer.errors import DimensionMismatchError
 from indexer.shards import page_crc
 from indexer.sources import SourceFile
@@ -32,6 +32,14 @@ def as_embedding(item) -> tuple[int | None, int | None, Embedding]:
     if not isinstance(emb, Embedding):
         raise TypeError(f"expected an Embedding or (width, height, Embedding), got {type(item).__name__}")
     return width, height, emb
+
+
+def grid_columns(grid, n_tokens: int) -> tuple:
+    """The catalogue's grid columns for a page: (offset, rows, cols, x0, y0, x1, y1), or NULLs when
+    the page has no grid, or one that does not fit its token vectors (never stored half-right)."""
+    if not isinstance(grid, PatchGrid) or not grid.fits(n_tokens):
+        return (None,) * 7
+    return (grid.offset, grid.rows, grid.cols, *grid.box)
 
 
 class DocumentWriter:
@@ -73,7 +81,8 @@ class DocumentWriter:
         multi_at = self._multi.append(multi)
         single_at = self._single.append(single)
         self._rows.append((page_number, width, height, self._multi.shard_id, multi_at, multi.shape[0],
-                           self._single.shard_id, single_at, page_crc(multi, single[0])))
+                           self._single.shard_id, single_at, page_crc(multi, single[0]),
+                           *grid_columns(getattr(embedding, "grid", None), multi.shape[0])))
         if len(self._rows) >= store.checkpoint_pages:
             self._commit_chunk(complete=False)
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.types import Embedding, truncate_single
+from engine.types import Embedding, PatchGrid, truncate_single
 from pagelens.errors import (
     BadEmbeddingError, EncoderOutputError, IndexExistsError, IndexNotFoundError, NoModelError, PagelensError,
 )
-from pagelens.results import Hit, IndexInfo, VerifyReport
+from pagelens.results import Hit, IndexInfo, PageInfo, VerifyReport
 
 __version__ = "0.1.0"
 
@@ -20,16 +20,21 @@ __all__ = [
     "Embedding",
     "Encoder",
     "EncoderOutputError",
+    "Heatmap",
+    "HeatmapUnavailable",
     "Hit",
     "Index",
     "IndexExistsError",
     "IndexInfo",
     "IndexNotFoundError",
     "NoModelError",
+    "PageInfo",
     "PagelensError",
+    "PatchGrid",
     "VerifyReport",
     "__version__",
     "load_encoder",
+    "serve",
     "truncate_single",
 ]
 
@@ -39,6 +44,14 @@ def __getattr__(name: str) -> Any:
         from pagelens.api import Index
 
         return Index
+    if name in ("Heatmap", "HeatmapUnavailable"):
+        import pagelens.heatmap as heatmap
+
+        return getattr(heatmap, name)
+    if name == "serve":  # FastAPI and uvicorn load only for the server
+        from pagelens.server import serve
+
+        return serve
     if name in ("load_encoder", "Encoder"):
         import engine.loader as loader
 

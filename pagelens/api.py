@@ -14,7 +14,7 @@ import numpy as np
 
 from engine.types import Embedding
 from pagelens.errors import BadEmbeddingError, EncoderOutputError, IndexExistsError, IndexNotFoundError, NoModelError, PagelensError
-from pagelens.results import DamagedDocument, Hit, IndexInfo, ModelLoaded, ModelLoading, VerifyReport
+from pagelens.results import DamagedDocument, Hit, IndexInfo, ModelLoaded, ModelLoading, PageInfo, VerifyReport
 
 DEFAULT_MODEL = "jinaai/jina-embeddings-v4"
 
@@ -464,7 +464,9 @@ class Index:
         """Store a document whose page i+1 is ``pages[i]``, embedded elsewhere. Returns page ids.
 
         Every page needs at least one token vector and finite values (token values within float16's
-        range, as they are stored in float16); anything else is refused before anything is written."""
+        range, as they are stored in float16); anything else is refused before anything is written.
+        A page's ``Embedding.grid`` (`engine.types.PatchGrid`), when given, is stored with it, so
+        `explain` can draw its heatmap; without one, `explain` raises `HeatmapUnavailable`."""
         store = self._writable()
         pages = list(pages)
         for i, page in enumerate(pages):
@@ -524,6 +526,48 @@ class Index:
             problems=[str(p) for p in found.problems],
         )
 
+    def page(self, page_id: int) -> PageInfo:
+        """The live page with this id (as in `Hit.page_id`): its document's path, name and
+        SHA-256, its page number and size. Raises `pagelens.pages.NoSuchPageError` for an id no
+        live page has (never was, removed, or its document was re-indexed since)."""
+        from indexer.errors import PageNotFoundError  # noqa: PLC0415
+        from pagelens.pages import NoSuchPageError  # noqa: PLC0415
+
+        missing = NoSuchPageError(
+            f"no page has id {page_id!r} in the index at {self.directory}",
+            "use the page_id of a current search hit; ids of removed or re-indexed documents are not reused",
+        )
+        if isinstance(page_id, bool) or not isinstance(page_id, (int, np.integer)) or not 0 <= page_id < 2**63:
+            raise missing
+        store = self._store
+        store.refresh()  # a long-lived reader sees pages committed since it opened
+        try:
+            ((path, number),) = store.pages_info([int(page_id)])
+        except PageNotFoundError:
+            raise missing from None
+        doc = store.document(path)
+        # read after the document row: an id from before a re-index is gone from this list, so a
+        # page id never comes back with the newer content's hash
+        if doc is None or int(page_id) not in set(store.page_ids_of(path).tolist()):
+            raise missing
+        try:
+            width, height = store.page_size(int(page_id))
+        except PageNotFoundError:
+            raise missing from None
+        return PageInfo(
+            page_id=int(page_id), path=path, name=os.path.basename(doc.display_path) or doc.display_path,
+            page=int(number), width=width, height=height, sha256=doc.sha256,
+            heatmap=self._has_grid(int(page_id)),
+        )
+
+    def _has_grid(self, page_id: int) -> bool:
+        from indexer.errors import PageNotFoundError  # noqa: PLC0415
+
+        try:
+            return self._store.page_grid(page_id) is not None
+        except PageNotFoundError:
+            return False
+
     def _retrieval(self):
         if self._retriever is None:
             from pagelens.retrieval import Retriever  # noqa: PLC0415
@@ -539,7 +583,7 @@ class Index:
         return self._retriever
 
     def sync(self) -> None:
-        """Bring the derived search structures (FAISS, pooled tokens) in step with the stored pages.
+        """Bring the derived search structures (FAISS over single and token vectors) in step with the stored pages.
 
         Searches do this by themselves; writers call it once after a batch of changes so that
         readers find the structures ready."""
@@ -611,6 +655,59 @@ class Index:
             exhaustive=exhaustive,
         )
         return [self._hits(scored) for scored in results]
+
+    def explain(self, query_or_embedding: str | Embedding, page_id: int, *, token: int | None = None) -> "Heatmap":
+        """Why page ``page_id`` matches: a `pagelens.heatmap.Heatmap` of the query's tokens over the
+        page's image patches (``.overlay(image)`` draws it over a rendering of the page).
+
+        A text query is encoded as `search` encodes it (query prompt) and its token strings label
+        the heatmap; an `Embedding` is used as is ("token i" labels). ``token`` picks the query
+        token the heatmap's views show by default (None: all). Raises `NoSuchPageError` for an id
+        no live page has and `HeatmapUnavailable` for a page stored without a patch grid (an older
+        index, or embeddings brought without one), both before any model loads."""
+        from indexer.errors import PageNotFoundError  # noqa: PLC0415
+        from pagelens.heatmap import HeatmapUnavailable, compute_heatmap  # noqa: PLC0415
+        from pagelens.pages import NoSuchPageError  # noqa: PLC0415
+
+        if isinstance(page_id, bool) or not isinstance(page_id, (int, np.integer)) or not 0 <= page_id < 2**63:
+            raise NoSuchPageError(f"no page has id {page_id!r} in the index at {self.directory}",
+                                  "use the page_id of a current search hit")
+        page_id = int(page_id)
+        store = self._store
+        store.refresh()  # a long-lived reader sees pages committed since it opened
+        try:
+            grid = store.page_grid(page_id)
+            (page_multi,) = store.multi_vectors([page_id])
+            ((path, _number),) = store.pages_info([page_id])
+        except PageNotFoundError:
+            raise NoSuchPageError(f"no page has id {page_id} in the index at {self.directory}",
+                                  "use the page_id of a current search hit; ids of removed or re-indexed "
+                                  "documents are not reused") from None
+        if grid is None:
+            if self.identity is None:
+                hint = ("add the document again with add_embeddings() and Embeddings that carry a grid "
+                        "(engine.types.PatchGrid)")
+            else:
+                import shlex  # noqa: PLC0415
+
+                where, folder = shlex.quote(path), shlex.quote(str(self.directory))
+                hint = (f"re-index it: `pagelens remove {where} --index {folder}` then "
+                        f"`pagelens index {where} --index {folder}` (an unchanged file is otherwise skipped)")
+            raise HeatmapUnavailable(hint=hint)
+        labels = None
+        if isinstance(query_or_embedding, Embedding):
+            query = query_or_embedding
+            check_embedding(query, "the query embedding", store.single_dim, store.multi_dim, stored=False)
+        else:
+            text = clean_query(query_or_embedding)
+            if self.identity is None and self._encoder is None:
+                raise self._no_model()
+            encoder = self.encoder
+            (query,) = encoder.encode_queries([text], batch_size=1, show_progress_bar=False)
+            if hasattr(encoder, "query_tokens"):
+                (labels,) = encoder.query_tokens([text])
+        return compute_heatmap(page_id, np.asarray(query.multi, np.float32), np.asarray(page_multi, np.float32),
+                               grid, labels, token=token)
 
     def _hits(self, scored: Sequence[tuple[int, float]]) -> list[Hit]:
         if not scored:

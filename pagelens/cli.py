@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import sys
 import threading
 from pathlib import Path
@@ -22,10 +21,9 @@ import typer
 
 from pagelens import __version__
 from engine.config import DEFAULT_TASKS
-from engine.errors import UserError
 from pagelens.errors import (
     EXIT_DAMAGED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NOTHING_USABLE, EXIT_OK, EXIT_SOME_FAILED, EXIT_TERMINATED,
-    EncoderOutputError, PagelensError,
+    PagelensError,
 )
 from pagelens.results import printable
 
@@ -153,48 +151,19 @@ def _print_json(data: Any) -> None:
     typer.echo(_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text))
 
 
-def _verify_hint(index: Optional[Path]) -> str:
-    where = f" --index {printable(index)}" if index is not None else ""
-    return (
-        f"run `pagelens verify{where}` to see what is damaged; restore the index folder from a backup, "
-        "or rebuild it by indexing into a new --index folder"
-    )
-
-
-def _disk_trouble(error: sqlite3.Error) -> bool:
-    """SQLite says "database or disk is full" / "disk I/O error" when a write finds no space."""
-    text = str(error).lower()
-    return "disk is full" in text or "disk i/o error" in text
-
-
 def _run(fn: Callable[[], Any], *, index: Optional[Path] = None) -> Any:
-    """Run a command's work; every failure becomes one message and an exit code."""
+    """Run a command's work; every failure becomes one message and an exit code (the messages
+    live in pagelens.messages, shared with the HTTP server)."""
+    from pagelens.messages import describe, is_expected  # noqa: PLC0415
+
     try:
         return fn()
-    except (UserError, EncoderOutputError) as error:
-        _fail(error.message, error.hint)
     except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM through _on_signal
         _stop(getattr(error, "signum", None))
-    except sqlite3.Error as error:  # a damaged catalogue the store did not catch itself, or a full disk
-        if _disk_trouble(error):
-            _fail(f"the index catalogue cannot be written ({error}): the disk is full or failing",
-                  "every finished document is kept; free some space and run the same command again.")
-        _fail(f"the index catalogue cannot be read ({type(error).__name__}: {error})", _verify_hint(index))
-    except OSError as error:  # disk full, permissions, a vanished index directory
-        _fail(
-            f"{error.strerror or error} ({error.filename or 'I/O'})",
-            "every finished document is kept; fix the cause (free space, permissions) and run the same command again.",
-        )
-    except MemoryError:
-        _fail("out of memory.", "every finished document is kept; try a smaller --batch-size or --max-pixels and run again.")
     except Exception as error:  # noqa: BLE001 - the last safety net: never a raw traceback
-        if os.environ.get("PAGELENS_DEBUG"):
+        if not is_expected(error) and os.environ.get("PAGELENS_DEBUG"):
             raise
-        _fail(
-            f"unexpected failure: {type(error).__name__}: {error}",
-            "every finished document is kept; if the index may be damaged, " + _verify_hint(index)
-            + ". To report it, run again with PAGELENS_DEBUG=1 for the traceback.",
-        )
+        _fail(*describe(error, index=index))
 
 
 # ---- signals -----------------------------------------------------------------------------------
@@ -385,7 +354,7 @@ def search_command(
     k: int = typer.Option(10, "-k", "--k", callback=_at_least(1), help="Number of pages to return, at least 1."),
     candidates: Optional[int] = typer.Option(
         None, "--candidates", callback=_at_least(1),
-        help="Shortlist for the exact MaxSim rerank: pages the pooled-token stage proposes (the single-vector "
+        help="Shortlist for the exact MaxSim rerank: pages the token-vector stage proposes (the single-vector "
         "stage adds a quarter as many); at least 1, and raised to -k when smaller (default: 200 up to 6,000 pages, then one per 30 pages, at most 800).",
     ),
     exhaustive: bool = typer.Option(False, "--exhaustive", help="Score every page by exact MaxSim (slow; ground truth)."),
@@ -412,6 +381,59 @@ def search_command(
         return
     for h in hits:
         _out(f"{h.rank:>3}  {h.score:8.4f}  {h.path}  page {h.page}")
+
+
+def _width_option(value: int) -> int:
+    from pagelens.heatmap import MAX_WIDTH, MIN_WIDTH  # noqa: PLC0415 - numpy only
+
+    if not MIN_WIDTH <= value <= MAX_WIDTH:
+        raise typer.BadParameter(f"{value} is out of range: give a width from {MIN_WIDTH} to {MAX_WIDTH} pixels.")
+    return value
+
+
+@app.command("show")
+def show_command(
+    query: str = typer.Argument(
+        ..., callback=_check_query,
+        help="What you are looking for (as for `pagelens search`).",
+    ),
+    index: Path = IndexOption,
+    rank: int = typer.Option(1, "--rank", callback=_at_least(1), help="Which hit to show: 1 is the best, at least 1."),
+    output: Path = typer.Option(Path("hit.png"), "--output", "-o", help="PNG file to write (default: hit.png)."),
+    token: Optional[int] = typer.Option(
+        None, "--token", callback=_at_least(0),
+        help="Show how one query token matches (its index, from 0, as --json lists them; default: all tokens).",
+    ),
+    width: int = typer.Option(800, "--width", callback=_width_option, help="Width of the picture in pixels, 32 to 2000."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", envvar="PAGELENS_MODEL",
+        help="Where the index's model is now, if it moved (default: the location recorded in the index).",
+    ),
+    device: Optional[str] = DeviceOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Write the page of the hit at --rank with its heatmap: where on the page QUERY matched.
+
+    The page is rendered from the indexed file (only while its SHA-256 still matches the index)."""
+    from pagelens.api import Index
+    from pagelens.heatmap import show
+
+    def work() -> Any:
+        with Index.open(index, model=model, device=device, on_event=_notices(not as_json)) as idx:
+            shown = show(idx, query, rank=rank, width=width, token=token)
+        try:
+            shown.image.save(output, format="PNG")
+        except OSError as exc:
+            raise PagelensError(f"cannot write {output}: {exc.strerror or exc}",
+                                "Choose a writable --output path (its folder must exist).") from None
+        return shown
+
+    shown = _run(work, index=index)
+    if as_json:
+        _print_json({**shown.to_dict(), "output": str(output)})
+        return
+    h = shown.hit
+    _out(f"{h.rank:>3}  {h.score:8.4f}  {h.path}  page {h.page}  ->  {output}")
 
 
 @app.command("info")
@@ -508,6 +530,50 @@ def compact_command(index: Path = IndexOption, as_json: bool = JsonOption) -> No
         _print_json({"bytes_reclaimed": result})
     else:
         _out(f"reclaimed {result:,} bytes")
+
+
+@app.command("serve")
+def serve_command(
+    index: Path = IndexOption,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (anything but 127.0.0.1, "
+                             "localhost or ::1 lets others read the index: a warning says so)."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port (0: any free port)."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", envvar="PAGELENS_MODEL",
+        help="Where the index's model is now, if it moved (default: the location recorded in the index).",
+    ),
+    device: Optional[str] = DeviceOption,
+    max_k: int = typer.Option(1000, "--max-k", callback=_at_least(1), help="Largest k a request may ask for."),
+    max_candidates: int = typer.Option(10_000, "--max-candidates", callback=_at_least(1),
+                                       help="Largest candidates a request may ask for."),
+    max_query_chars: int = typer.Option(1000, "--max-query-chars", callback=_at_least(1),
+                                        help="Longest query, in characters."),
+    max_queries: int = typer.Option(64, "--max-queries", callback=_at_least(1), help="Most queries in one POST."),
+    max_body_bytes: int = typer.Option(8 << 20, "--max-body-bytes", callback=_at_least(1),
+                                       help="Largest request body, in bytes (default 8 MiB)."),
+) -> None:
+    """Answer HTTP: search, page images and the web page, over DIR opened read-only (docs/http-api.md).
+
+    The model loads once, at start; pages that another process indexes into DIR appear without a
+    restart. Images are rendered from the indexed files, only while their SHA-256 still matches."""
+    from pagelens.server import Limits, serve
+
+    limits = Limits(max_k=max_k, max_candidates=max_candidates, max_query_chars=max_query_chars,
+                    max_queries=max_queries, max_body_bytes=max_body_bytes)
+
+    def ready(url: str) -> None:
+        _err(f"pagelens: serving {index} at {url} (API at {url}docs); Ctrl-C stops")
+
+    def work() -> None:
+        try:
+            serve(index, host=host, port=port, model=model, device=device, limits=limits, on_ready=ready)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM is how a server stops: exit 0, nothing to resume
+            pass
+        if _signals["received"] is not None:
+            _signals["reported"] = True
+            _err("pagelens: stopped")
+
+    _run(work, index=index)
 
 
 def main() -> None:

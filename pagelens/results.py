@@ -20,6 +20,29 @@ class Hit:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class PageInfo:
+    """One indexed page, by its id (`Index.page`): where its document is, and what it was.
+
+    ``path`` is exact, as indexed (may hold surrogate escapes); ``name`` is its printable file name.
+    ``width`` / ``height``: the page as rendered for the encoder, in pixels (None where the store
+    does not record it). ``sha256``: of the document's bytes when indexed; a file that no longer
+    matches it is not this page any more. ``heatmap``: the page has a patch grid to explain
+    matches with (`Index.explain`)."""
+
+    page_id: int
+    path: str
+    name: str
+    page: int
+    width: int | None
+    height: int | None
+    sha256: str | None
+    heatmap: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass
 class IndexInfo:
     """What `pagelens info` reports."""

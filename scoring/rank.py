@@ -1,28 +1,27 @@
 """The two stages: candidate generators -> a shortlist of K pages -> exact MaxSim -> top k.
 
-Generators: "single" (FAISS over single vectors, ``prefilter.py``), "pooled" (FAISS over each
-page's k-means-pooled token vectors, ``pooled.py``) and "tokens" (global-codebook centroid probes,
-``tokens.py``). With several, the shortlist is a union: the first generator's top K pages plus
-the top K/4 of each other one (``union_with_quotas``), so MaxSim reranks at most K * (1 + (g-1)/4).
+Generators: "single" (FAISS over single vectors, ``prefilter.py``), "ann" (FAISS over every token
+vector, IVF lists of 8-bit residuals: ``pooled.PooledIndex(m=0)``), "pooled" (FAISS over each page's
+k-means-pooled token vectors) and "tokens" (global-codebook centroid probes, ``tokens.py``). With
+several, the shortlist is a union: the first generator's top K pages plus the top K/4 of each
+other one (``union_with_quotas``), so MaxSim reranks at most K * (1 + (g-1)/4).
 
 Defaults, chosen on real text (``benchmarks/realtext.py``: 3,000 and 24,000 real PDF pages in 36
 languages, MiniLM token states projected to 128-d, 300 queries of 10 words from page text;
 recall@10 against exhaustive MaxSim) with the synthetic sets of ``benchmarks/search.py`` beside it:
-- m = 64 pooled vectors per page (``pooling.DEFAULT_CLUSTERS``), n' = 1024 neighbours per query
-  token: on the 3k real set recall@10 0.997 and known-item hit@10 0.990 (= exhaustive) at K=200;
-  with m = 16, n' = 512 (the former default, chosen on synthetic data alone) 0.983, and 0.948 at
-  K=100: real token vectors are clustered and anisotropic (the same frequent tokens on every
-  page), and 16 means per page blur exactly the rare tokens that decide MaxSim. On 24k real pages
-  m = 64 lifts K=200 from 0.884 to 0.966, and K = 400 / 800 reach 0.981 / 0.993 (more IVF probes,
-  32 -> 128, add only 0.002): the pre-score ranks well but not finely enough at that size, so the
-  default K grows with the collection (``default_candidates``: 200 up to 6k pages, 800 from 24k).
+- "ann" + "single", n' = 1024 neighbours per query token. On 24k real pages recall@10 0.954 /
+  0.975 / 0.989 / 0.995 at K = 100 / 200 / 400 / 800, and known-item hit@10 equal to exhaustive at
+  every K; pooled means (m = 64 per page) gave 0.920 / 0.959 / 0.978 / 0.988 and lose known items:
+  a mean blurs exactly the rare tokens that decide MaxSim (real token vectors are clustered and
+  anisotropic, the same frequent tokens on every page). On the 3k real set the default finds
+  what exhaustive finds (1.000 at K=200).
+- K grows with the collection (``default_candidates``: 200 up to 6k pages, one per 30 pages, at
+  most 800): at 24k pages K = 400 gave 0.989, K = 800 0.996 with the default generators.
 - single alone: 0.86 / 0.93 / 0.97 at K = 100 / 200 / 400 on the 3k real set; it adds its top
-  K/4 to the pooled shortlist for ~1 ms. The global codebook ("tokens", nprobe 16) reaches 0.980
-  at K=200 and 0.994 at K=400 on the 3k real set: selectable, not default (its codebook dominates
-  sync time).
-- a per-token flat index over every token vector finds everything (1.000 at K=100) but costs
-  ~620 ms a query at 3k pages: a brute force in disguise.
-- Synthetic (1k / 3k pages x 750 tokens): 1.000 at K=200 with the new defaults, as before.
+  K/4 for ~1 ms. The global codebook (nprobe 16) reaches 0.980 at K=200 on 3k, 0.914 on 24k:
+  selectable, not default.
+- a flat (exact) index over every token vector finds everything but costs ~620 ms a query at 3k
+  pages: a brute force in disguise; IVF with 8-bit residuals keeps its recall at 50 ms at 24k.
 """
 
 from __future__ import annotations
@@ -46,7 +45,8 @@ PAGES_PER_CANDIDATE = 30  # the shortlist grows with the collection: real text n
 
 def default_candidates(live_pages: int) -> int:
     """K when the caller gives none: 200 up to 6,000 pages, then one per 30 pages, at most 800.
-    Measured on 24k real pages: K = 200 / 400 / 800 gave recall@10 0.965 / 0.981 / 0.993."""
+    Measured on 24k real pages (default generators): K = 200 / 400 / 800 gave recall@10
+    0.975 / 0.989 / 0.996."""
     return int(min(MAX_AUTO_CANDIDATES, max(DEFAULT_CANDIDATES, live_pages // PAGES_PER_CANDIDATE)))
 DEFAULT_NPROBE = 4
 EXHAUSTIVE_BLOCK_PAGES = 1024
