@@ -1,7 +1,7 @@
 """Compact multi-vectors (issue 11, section 1): every codec x token pool factor, on the real-text set's
 cached embeddings (``realtext_data.py``) and on a synthetic set (``search.py``'s generator).
 
-For each codec (scoring/codecs.py) and pool factor (scoring/token_pooling.py), on one set:
+For each codec (indexer/codecs.py) and pool factor (indexer/token_pooling.py), on one set:
 
 - bytes per page: codes of the pooled tokens (no per-page side data), on the set and scaled to a
   768-token page (the real model's), and the codec state's bytes;
@@ -42,9 +42,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from realtext import DEFAULT_ROOT, load_set, quality  # noqa: E402
 from scoring.coded_maxsim import maxsim_codes  # noqa: E402
-from scoring.codecs import CODECS, TokenSampler, make_codec  # noqa: E402
+from indexer.codecs import CODECS, TokenSampler, make_codec  # noqa: E402
 from scoring.maxsim import maxsim_batch  # noqa: E402
-from scoring.token_pooling import METHODS, pool_tokens  # noqa: E402
+from indexer.token_pooling import METHODS, pool_tokens  # noqa: E402
 
 REAL_PAGE_TOKENS = 768
 

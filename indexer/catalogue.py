@@ -358,12 +358,13 @@ def next_shard_id(db: sqlite3.Connection) -> int:
 
 
 def live_shard_bytes(db: sqlite3.Connection, row_bytes: dict) -> dict:
-    """Bytes each shard holds for live pages; copies share bytes, counted once."""
+    """Bytes each shard holds for live pages; copies share bytes, counted once. ``row_bytes``:
+    bytes per row of each shard id (rows of coded shards are smaller than raw ones)."""
     live = {}
     for sid, tokens in db.execute("SELECT multi_shard, SUM(n_tokens) FROM (SELECT DISTINCT multi_shard,"
                                   " multi_offset, n_tokens FROM pages) GROUP BY multi_shard"):
-        live[sid] = tokens * row_bytes["multi"]
+        live[sid] = tokens * row_bytes.get(sid, 0)
     for sid, count in db.execute("SELECT single_shard, COUNT(*) FROM (SELECT DISTINCT single_shard,"
                                  " single_row FROM pages) GROUP BY single_shard"):
-        live[sid] = count * row_bytes["single"]
+        live[sid] = count * row_bytes.get(sid, 0)
     return live

@@ -11,10 +11,10 @@ keep reading them until they refresh (POSIX keeps unlinked files alive while map
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from indexer.shards import Appender, fsync_dir, map_rows
+from indexer.shards import Appender, fsync_dir, map_rows, shard_codec_version, shard_file_name
 
 if TYPE_CHECKING:
     from indexer.store import Store
@@ -34,6 +34,10 @@ class StoreStats:
     single_dim: int
     multi_dim: int
     partial_documents: int = 0  # long documents whose chunked commit has not finished (invisible)
+    compression: str = "fp16"  # how token vectors are stored (docs/index-format.md, "Compression")
+    pool_factor: int = 1
+    bytes_per_page: dict = field(default_factory=dict)  # multi_vectors, single_vectors, derived, catalogue
+    raw_pages: int = 0  # pages still stored fp16 although the index names a codec (not trained yet)
 
 
 def compact_store(store: "Store") -> int:
@@ -41,26 +45,44 @@ def compact_store(store: "Store") -> int:
     store.close_appenders()  # raises while a document writer is open
     old = store.shards()
     before = sum(_size(path) for _sid, _kind, path, _rows in old)
-    maps = {sid: map_rows(path, kind, store.dim(kind), rows) for sid, kind, path, rows in old}
+    # rows keep their layout: raw float16 rows go to a raw shard, rows of codec state V to a
+    # ``.c<V>`` shard (a store may hold both while a codec waits for training)
+    layout = {sid: (kind, shard_codec_version(os.path.basename(path))) for sid, kind, path, _rows in old}
+    maps = {}
+    for sid, kind, path, rows in old:
+        dtype, width = store.shard_layout(kind, os.path.basename(path))
+        maps[sid] = map_rows(path, kind, width, rows, dtype)
+    locations = store.page_locations()
+    groups = {layout[m] for _p, m, *_r in locations if m in layout} | {layout[s] for *_r, s, _row in locations
+                                                                        if s in layout}
+    if not any(kind == "multi" for kind, _v in groups):
+        groups.add(("multi", None))
+    if not any(kind == "single" for kind, _v in groups):
+        groups.add(("single", None))
+    order = sorted(groups, key=lambda g: (g[0] != "multi", g[1] or 0))  # fp16 index: multi then single, as before
     next_id = store.next_shard_id()
-    new_ids = {"multi": next_id, "single": next_id + 1}
-    apps = {kind: Appender(store.shard_path(sid, kind), kind, store.dim(kind), 0, shard_id=sid)
-            for kind, sid in new_ids.items()}
+    new_ids = {group: next_id + i for i, group in enumerate(order)}
+    apps = {}
+    for (kind, version), sid in new_ids.items():
+        name = shard_file_name(kind, sid, version)
+        dtype, width = store.shard_layout(kind, name)
+        apps[(kind, version)] = Appender(store.shard_path(sid, kind, name), kind, width, 0, shard_id=sid, dtype=dtype)
     try:
         moved_multi: dict[tuple[int, int], int] = {}
         moved_single: dict[tuple[int, int], int] = {}
         updates = []
-        for page_id, m_shard, m_off, n_tok, s_shard, s_row in store.page_locations():
+        for page_id, m_shard, m_off, n_tok, s_shard, s_row in locations:
             m_key, s_key = (m_shard, m_off), (s_shard, s_row)
+            m_app, s_app = apps[layout[m_shard]], apps[layout[s_shard]]
             if m_key not in moved_multi:  # copies of one document share their vectors: keep sharing
-                moved_multi[m_key] = apps["multi"].append(maps[m_shard][m_off:m_off + n_tok])
+                moved_multi[m_key] = m_app.append(maps[m_shard][m_off:m_off + n_tok])
             if s_key not in moved_single:
-                moved_single[s_key] = apps["single"].append(maps[s_shard][s_row:s_row + 1])
-            updates.append((new_ids["multi"], moved_multi[m_key], new_ids["single"], moved_single[s_key], page_id))
+                moved_single[s_key] = s_app.append(maps[s_shard][s_row:s_row + 1])
+            updates.append((m_app.shard_id, moved_multi[m_key], s_app.shard_id, moved_single[s_key], page_id))
         for app in apps.values():
             app.sync()
-        fsync_dir(os.path.dirname(apps["multi"].path))
-        store.swap_shards({kind: (sid, apps[kind].rows) for kind, sid in new_ids.items()}, updates,
+        fsync_dir(os.path.dirname(next(iter(apps.values())).path))
+        store.swap_shards({group: (sid, apps[group].rows) for group, sid in new_ids.items()}, updates,
                           [sid for sid, *_rest in old])
     except BaseException:
         for app in apps.values():
@@ -78,7 +100,7 @@ def compact_store(store: "Store") -> int:
             os.unlink(path)
         except FileNotFoundError:
             pass
-    fsync_dir(os.path.dirname(apps["multi"].path))
+    fsync_dir(os.path.dirname(next(iter(apps.values())).path))
     after = sum(app.size for app in apps.values())
     return before - after
 

@@ -13,7 +13,10 @@ from indexer.shards import check_regular_or_absent, open_nofollow
 from indexer.sources import display_path
 
 FORMAT_NAME = "pagelens-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: multi-vectors may be stored coded or pooled (docs/index-format.md, "Compression")
+PLAIN_FORMAT_VERSION = 1  # an fp16, unpooled index is still written as version 1: older pagelens reads it
+COMPRESSIONS = ("fp16", "int8", "residual-1", "residual-2", "residual-4")  # indexer.codecs.CODECS
+MAX_POOL_FACTOR = 64
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = "writer.lock"
 MAX_MANIFEST_BYTES = 1 << 20  # a manifest is a few hundred bytes: a huge one is not ours
@@ -65,9 +68,27 @@ def read_manifest(directory: str) -> dict:
         raise CorruptIndexError(f"{MANIFEST_NAME} has an invalid identity", "restore it from a backup")
     if not isinstance(manifest.get("settings") or {}, dict):
         raise CorruptIndexError(f"{MANIFEST_NAME} has invalid settings", "restore it from a backup")
+    compression, pool_factor = manifest.get("compression", "fp16"), manifest.get("pool_factor", 1)
+    if not isinstance(compression, str) or compression not in COMPRESSIONS:
+        raise CorruptIndexError(f"{MANIFEST_NAME} names an unknown compression {str(compression)[:40]!r}",
+                                f"this pagelens knows {', '.join(COMPRESSIONS)}; restore the file from a backup "
+                                "or upgrade pagelens")
+    if not _is_int(pool_factor) or not 1 <= pool_factor <= MAX_POOL_FACTOR:
+        raise CorruptIndexError(f"{MANIFEST_NAME} has an invalid pool_factor ({str(pool_factor)[:40]!r})",
+                                f"it must be an integer 1..{MAX_POOL_FACTOR}; restore the file from a backup")
+    if version < FORMAT_VERSION and (compression, pool_factor) != ("fp16", 1):
+        raise CorruptIndexError(f"{MANIFEST_NAME} is format version {version} but names compression {compression} "
+                                f"with pool factor {pool_factor}, which need version {FORMAT_VERSION}",
+                                "restore it from a backup")
     if "index_id" in manifest and not (isinstance(manifest["index_id"], str) and len(manifest["index_id"]) <= 64):
         raise CorruptIndexError(f"{MANIFEST_NAME} has an invalid index_id", "restore it from a backup")
     return manifest
+
+
+def format_version_for(compression: str, pool_factor: int) -> int:
+    """The lowest format version that describes an index stored this way (older readers refuse
+    coded shards they cannot read by the version, not by a confusing error)."""
+    return PLAIN_FORMAT_VERSION if (compression, pool_factor) == ("fp16", 1) else FORMAT_VERSION
 
 
 def _is_int(value) -> bool:

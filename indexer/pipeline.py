@@ -355,6 +355,8 @@ def index_paths(store: Store, encoder, paths, *, dpi: float = DEFAULT_DPI, max_p
     report = run.report
     _remove_gone(store, found, report, emit)
     report.bytes_reclaimed = store.maybe_compact()
+    # a codec that needs training (residual-b) is trained once enough pages are in (raw until then)
+    store.maybe_train_codec()
     report.elapsed = time.perf_counter() - t0
     store.finish_run(run_id, {"added": len(report.added), "skipped": len(report.skipped),
                               "failed": len(report.failed), "removed": len(report.removed),

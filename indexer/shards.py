@@ -23,21 +23,41 @@ DTYPES = {"multi": np.dtype("<f2"), "single": np.dtype("<f4")}
 KINDS = tuple(DTYPES)
 # The only names a shard file can have. Names read from the catalogue are data: one that does not
 # match (an absolute path, "../x", a link) means the index is corrupt or hostile, never a path to use.
-SHARD_NAME = re.compile(r"\A(multi|single)-(\d{6,19})\.(f16|f32)\Z")
+# ``multi-N.f16`` holds raw float16 tokens (the format since version 1); ``multi-N.c<V>`` holds
+# records of codec state V (``codec-v<V>.npz``: a indexer.codecs codec plus a pool factor).
+SHARD_NAME = re.compile(r"\A(multi|single)-(\d{6,19})\.(f16|f32|c[1-9]\d{0,5})\Z")
+MAX_CODEC_VERSION = 999999
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _REPAIR_HINT = "restore the index directory from a backup, or rebuild it by indexing into a new --index folder"
 
 
-def shard_file_name(kind: str, shard_id: int) -> str:
+def shard_file_name(kind: str, shard_id: int, codec_version: int | None = None) -> str:
+    """The format's name of a shard; ``codec_version`` (multi shards only) names coded rows."""
+    if codec_version is not None:
+        if kind != "multi" or not 1 <= int(codec_version) <= MAX_CODEC_VERSION:
+            raise ValueError(f"no coded {kind} shard of codec version {codec_version!r}")
+        return f"{kind}-{shard_id:06d}.c{int(codec_version)}"
     return f"{kind}-{shard_id:06d}.{'f16' if kind == 'multi' else 'f32'}"
 
 
 def parse_shard_name(name: str) -> tuple[str, int] | None:
     """(kind, shard id) of a well-formed shard file name, else None."""
     m = SHARD_NAME.match(name) if isinstance(name, str) else None
-    if m is None or (m.group(1) == "multi") != (m.group(3) == "f16"):
+    if m is None:
+        return None
+    ext = m.group(3)
+    if m.group(1) == "multi" and ext == "f32" or m.group(1) == "single" and ext != "f32":
         return None
     return m.group(1), int(m.group(2))
+
+
+def shard_codec_version(name: str) -> int | None:
+    """The codec version a well-formed coded shard name carries (``multi-N.c3`` -> 3); None for
+    raw float16/float32 shards (and for names that are not the format's)."""
+    m = SHARD_NAME.match(name) if isinstance(name, str) else None
+    if m is None or not m.group(3).startswith("c") or m.group(1) != "multi":
+        return None
+    return int(m.group(3)[1:])
 
 
 def checked_shard_path(shard_dir: str, shard_id, kind, name) -> str:
@@ -45,7 +65,7 @@ def checked_shard_path(shard_dir: str, shard_id, kind, name) -> str:
     ``name`` must be exactly the format's name for (kind, id), and the file, if present, a regular
     file (not a link) directly inside ``shard_dir``. Raises CorruptIndexError otherwise."""
     ok = (isinstance(shard_id, int) and not isinstance(shard_id, bool) and shard_id > 0 and kind in KINDS
-          and isinstance(name, str) and name == shard_file_name(kind, shard_id))
+          and isinstance(name, str) and name == shard_file_name(kind, shard_id, shard_codec_version(name)))
     if not ok:
         raise CorruptIndexError(
             f"the catalogue names a shard file {name!r} ({kind!r}, id {shard_id!r}) that is not a pagelens shard name",
@@ -87,8 +107,8 @@ def open_nofollow(path: str, flags: int, mode: int = 0o644) -> int:
         raise exc
 
 
-def row_bytes(kind: str, dim: int) -> int:
-    return DTYPES[kind].itemsize * dim
+def row_bytes(kind: str, dim: int, dtype=None) -> int:
+    return np.dtype(dtype or DTYPES[kind]).itemsize * dim
 
 
 def fsync_dir(path: str) -> None:
@@ -132,10 +152,11 @@ class Appender:
     catalogue commit names them); ``rollback(rows)`` cuts the file back after a failed write.
     """
 
-    def __init__(self, path: str, kind: str, dim: int, committed_rows: int, shard_id: int = 0):
+    def __init__(self, path: str, kind: str, dim: int, committed_rows: int, shard_id: int = 0, dtype=None):
+        # ``dtype``/``dim``: the row layout (coded multi shards: uint8 records of ``dim`` bytes)
         self.path, self.kind, self.dim, self.shard_id = path, kind, dim, shard_id
-        self.row_bytes = row_bytes(kind, dim)
-        self.dtype = DTYPES[kind]
+        self.dtype = np.dtype(dtype or DTYPES[kind])
+        self.row_bytes = row_bytes(kind, dim, self.dtype)
         fresh = not os.path.lexists(path)
         self._fh = open(open_nofollow(path, os.O_RDWR | os.O_CREAT), "r+b")
         if fresh:
@@ -187,9 +208,9 @@ class Appender:
             pass
 
 
-def cut_torn_tail(path: str, kind: str, dim: int, committed_rows: int) -> int:
+def cut_torn_tail(path: str, kind: str, dim: int, committed_rows: int, dtype=None) -> int:
     """Truncate ``path`` to its committed rows; return the bytes cut. Missing data is an error."""
-    want = committed_rows * row_bytes(kind, dim)
+    want = committed_rows * row_bytes(kind, dim, dtype)
     try:
         have = os.path.getsize(path)
     except FileNotFoundError:
@@ -212,9 +233,9 @@ def cut_torn_tail(path: str, kind: str, dim: int, committed_rows: int) -> int:
     return have - want
 
 
-def map_rows(path: str, kind: str, dim: int, rows: int) -> np.ndarray:
+def map_rows(path: str, kind: str, dim: int, rows: int, dtype=None) -> np.ndarray:
     """A read-only [rows, dim] view of the committed part of a shard (bytes past it are ignored)."""
-    dtype = DTYPES[kind]
+    dtype = np.dtype(dtype or DTYPES[kind])
     if rows == 0:
         return np.zeros((0, dim), dtype=dtype)
     have = os.path.getsize(path)

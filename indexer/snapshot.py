@@ -14,7 +14,7 @@ import numpy as np
 
 from indexer.catalogue import transaction
 from indexer.errors import CorruptIndexError, PageNotFoundError
-from indexer.shards import SHARD_DIR, checked_shard_path, map_rows
+from indexer.shards import SHARD_DIR, checked_shard_path, map_rows, shard_codec_version
 
 
 @dataclass
@@ -30,6 +30,7 @@ class Snapshot:
     crc32: np.ndarray
     paths: dict[int, str]  # document id -> path
     maps: dict[int, np.ndarray] = field(default_factory=dict)  # shard id -> committed rows
+    versions: dict[int, int | None] = field(default_factory=dict)  # shard id -> codec version (None: raw)
 
     def positions(self, page_ids) -> np.ndarray:
         ids = np.asarray(page_ids, dtype=np.int64).reshape(-1)
@@ -50,6 +51,10 @@ class Snapshot:
         start = int(self.multi_offset[pos])
         return self.maps[int(self.multi_shard[pos])][start:start + int(self.n_tokens[pos])]
 
+    def codec_version(self, pos: int) -> int | None:
+        """The codec state of a page's stored token rows, or None for raw float16 rows."""
+        return self.versions.get(int(self.multi_shard[pos]))
+
     def single(self, pos: int) -> np.ndarray:
         return self.maps[int(self.single_shard[pos])][int(self.single_row[pos])]
 
@@ -64,8 +69,9 @@ _VISIBLE_PAGES = (f"SELECT {', '.join('p.' + c for c in _PAGE_COLUMNS)} FROM pag
                   " ON d.id = p.document_id WHERE d.status = 'indexed' AND d.complete = 1 ORDER BY p.page_id")
 
 
-def load_snapshot(db: sqlite3.Connection, directory: str, dims: dict[str, int]) -> Snapshot:
-    """Read the committed state; retry if a compaction swapped shard files under us."""
+def load_snapshot(db: sqlite3.Connection, directory: str, dims: dict[str, int], layout=None) -> Snapshot:
+    """Read the committed state; retry if a compaction swapped shard files under us.
+    ``layout(kind, name) -> (dtype, width)`` gives the row layout of coded shards."""
     shard_dir = os.path.join(directory, SHARD_DIR)
     for attempt in range(5):
         with transaction(db, "DEFERRED"):
@@ -81,8 +87,10 @@ def load_snapshot(db: sqlite3.Connection, directory: str, dims: dict[str, int]) 
                                         "restore the index directory from a backup or rebuild it")
             kinds[sid], committed[sid] = kind, rows_
         try:
-            maps = {sid: map_rows(os.path.join(shard_dir, name), kind, dims[kind], rows_)
-                    for sid, kind, name, rows_ in shards}
+            maps = {}
+            for sid, kind, name, rows_ in shards:
+                dtype, width = layout(kind, name) if layout is not None else (None, dims[kind])
+                maps[sid] = map_rows(os.path.join(shard_dir, name), kind, width, rows_, dtype)
         except FileNotFoundError:
             if attempt == 4:
                 raise CorruptIndexError("a shard file named by the catalogue is missing",
@@ -99,7 +107,7 @@ def load_snapshot(db: sqlite3.Connection, directory: str, dims: dict[str, int]) 
             page_ids=cols["page_id"], document_ids=cols["document_id"], page_numbers=cols["page_number"],
             multi_shard=cols["multi_shard"], multi_offset=cols["multi_offset"], n_tokens=cols["n_tokens"],
             single_shard=cols["single_shard"], single_row=cols["single_row"], crc32=cols["crc32"],
-            paths=paths, maps=maps,
+            paths=paths, maps=maps, versions={sid: shard_codec_version(name) for sid, _k, name, _r in shards},
         )
     raise AssertionError("unreachable")
 

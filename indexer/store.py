@@ -20,16 +20,20 @@ import numpy as np
 
 from engine.types import PatchGrid
 from indexer import catalogue as cat
+from indexer import codec_store
+from indexer.codec_store import CodecState, codec_file_name, parse_codec_file_name, read_codec_state
 from indexer.compaction import StoreStats, compact_store
 from indexer.errors import CorruptIndexError, IndexExistsError, PageNotFoundError, PdfError, ReadOnlyError
 from indexer.manifest import (
-    DERIVED_DIR, FORMAT_NAME, FORMAT_VERSION, LOCK_NAME, MANIFEST_NAME, check_identity, read_manifest,
-    take_lock,
+    COMPRESSIONS, DERIVED_DIR, FORMAT_NAME, LOCK_NAME, MANIFEST_NAME, MAX_POOL_FACTOR, check_identity,
+    format_version_for, read_manifest, take_lock,
 )
 from indexer.shards import (
-    SHARD_DIR, Appender, atomic_write_json, check_real_directory, check_regular_or_absent, checked_shard_path,
-    cut_torn_tail, fsync_dir, map_rows, page_crc, parse_shard_name, row_bytes, shard_file_name,
+    DTYPES, SHARD_DIR, Appender, atomic_write_json, check_real_directory, check_regular_or_absent,
+    checked_shard_path, cut_torn_tail, fsync_dir, map_rows, page_crc, parse_shard_name, row_bytes,
+    shard_codec_version, shard_file_name,
 )
+from indexer.codecs import make_codec
 from indexer.snapshot import Snapshot, load_snapshot
 from indexer.sources import SourceFile, absolute, display_path, path_key, read_source
 from indexer.writer import DocumentWriter, as_embedding
@@ -51,6 +55,36 @@ def document_key(path) -> str:
 
 def _catalogue_error(exc: sqlite3.Error) -> CorruptIndexError:
     return CorruptIndexError(f"the index catalogue cannot be read ({exc})", _CATALOGUE_HINT)
+
+
+def check_compression(compression, pool_factor) -> tuple[str, int]:
+    """(compression, pool factor) after checking them; ValueError naming the valid choices."""
+    if not isinstance(compression, str) or compression not in COMPRESSIONS:
+        raise ValueError(f"unknown compression {compression!r}; choose one of {', '.join(COMPRESSIONS)}")
+    if isinstance(pool_factor, bool) or not isinstance(pool_factor, (int, np.integer)) \
+            or not 1 <= int(pool_factor) <= MAX_POOL_FACTOR:
+        raise ValueError(f"pool_factor must be an integer from 1 (no pooling) to {MAX_POOL_FACTOR}, got {pool_factor!r}")
+    return compression, int(pool_factor)
+
+
+@dataclass(frozen=True)
+class RawPageGroup:
+    """Pages sharing one block of raw float16 token rows (a document and its copies)."""
+
+    multi_shard: int
+    multi_offset: int
+    n_tokens: int
+    page_ids: tuple
+    single_locations: tuple  # (single_shard, single_row) per page id
+
+
+@dataclass(frozen=True)
+class RecompressResult:
+    compression: str
+    pool_factor: int
+    pages_converted: int
+    bytes_before: int  # multi-vector shard bytes
+    bytes_after: int
 
 
 @dataclass(frozen=True)
@@ -106,15 +140,22 @@ class Store:
         self._data_version: int | None = None
         self._apps: dict[str, Appender] = {}
         self._writer_open = False
+        self._codec_states: dict[int, CodecState] = {}  # version -> state (immutable once written)
+        self._raw_maps: dict[tuple[int, int], np.ndarray] = {}
         self.recovered_bytes = 0  # torn tails and orphan files removed when this writer opened
 
     # --- opening ---------------------------------------------------------------------------------
 
     @classmethod
     def create(cls, directory, *, identity: dict | None, single_dim: int, multi_dim: int,
-               settings: dict | None = None) -> "Store":
+               settings: dict | None = None, compression: str = "fp16", pool_factor: int = 1) -> "Store":
         """A new, empty index. ``identity`` None makes a bring-your-own-embeddings index (no model).
-        ``settings`` (JSON) are kept in the manifest for the layers above, e.g. the search width."""
+        ``settings`` (JSON) are kept in the manifest for the layers above, e.g. the search width.
+        ``compression`` (a ``indexer.codecs`` name) and ``pool_factor`` say how token vectors are
+        stored; both are fixed here (``recompress`` converts an fp16 index later)."""
+        compression, pool_factor = check_compression(compression, pool_factor)
+        if compression != "fp16":
+            make_codec(compression, int(multi_dim))  # the width must suit the codec: fail before writing
         directory = absolute(directory)
         if identity is not None or settings:
             json.dumps([identity, settings])  # must be JSON-serialisable: fail before anything is written
@@ -127,7 +168,8 @@ class Store:
             if os.path.lexists(os.path.join(directory, MANIFEST_NAME)):
                 raise IndexExistsError(f"{display_path(directory)} already holds an index",
                                        "open it instead, or choose another directory")
-            stray = sorted(set(os.listdir(directory)) - _OWN_NAMES)
+            stray = sorted(n for n in set(os.listdir(directory)) - _OWN_NAMES  # a codec state of a create that died
+                           if parse_codec_file_name(n[:-4] if n.endswith(".tmp") else n) is None)
             if stray:
                 raise IndexExistsError(f"{display_path(directory)} is not empty (holds {stray[:3]})",
                                        "create the index in an empty or new directory")
@@ -136,18 +178,21 @@ class Store:
                 os.makedirs(os.path.join(directory, sub), exist_ok=True)
             db = cat.connect(os.path.join(directory, cat.CATALOGUE_NAME), writable=True)
             cat.migrate(db)
-            manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "identity": identity,
-                        "single_dim": int(single_dim), "multi_dim": int(multi_dim), "created_at": time.time(),
-                        "settings": dict(settings or {}), "index_id": secrets.token_hex(16)}
+            manifest = {"format": FORMAT_NAME, "format_version": format_version_for(compression, pool_factor),
+                        "identity": identity, "single_dim": int(single_dim), "multi_dim": int(multi_dim),
+                        "created_at": time.time(), "settings": dict(settings or {}),
+                        "index_id": secrets.token_hex(16), "compression": compression, "pool_factor": pool_factor}
             with cat.transaction(db):
                 for key in ("identity", "single_dim", "multi_dim", "format_version", "index_id"):
                     cat.set_meta(db, key, json.dumps(manifest[key]))
+            store = cls(directory, manifest, db, True, lock_fd)
+            store._write_state()  # a codec that needs no training (int8, pooled fp16) is saved now
             fsync_dir(directory)
             atomic_write_json(os.path.join(directory, MANIFEST_NAME), manifest)  # last: now it is an index
         except BaseException:
             os.close(lock_fd)
             raise
-        return cls(directory, manifest, db, True, lock_fd)
+        return store
 
     @classmethod
     def open(cls, directory, *, writable: bool = False) -> "Store":
@@ -198,7 +243,8 @@ class Store:
         paths = [checked_shard_path(shard_dir, sid, kind, name) for sid, kind, name, _c in rows]  # all, before any cut
         named, freed = {name for _s, _k, name, _c in rows}, 0
         for (sid, kind, name, committed), path in zip(rows, paths):
-            freed += cut_torn_tail(path, kind, self.dim(kind), committed)
+            dtype, width = self.shard_layout(kind, name)
+            freed += cut_torn_tail(path, kind, width, committed, dtype)
         for name in os.listdir(shard_dir):
             # only files of the format's own naming that no commit names (an interrupted compaction,
             # or old files of one that committed); anything else in shards/ is not ours to delete
@@ -212,6 +258,15 @@ class Store:
         tmp = os.path.join(self.directory, MANIFEST_NAME + ".tmp")
         if os.path.lexists(tmp):
             os.unlink(tmp)
+        # codec states no shard names and that are not the one new pages use (an interrupted
+        # recompress) are orphans, like shard files; stale temp files of them too
+        keep = {shard_codec_version(name) for _s, _k, name, _c in rows} | {self._meta_codec_version()}
+        for name in os.listdir(self.directory):
+            version = parse_codec_file_name(name[:-4] if name.endswith(".tmp") else name)
+            if version is not None and (name.endswith(".tmp") or version not in keep):
+                path = os.path.join(self.directory, name)
+                freed += _size(path)
+                os.unlink(path)
         fsync_dir(shard_dir)
         self.recovered_bytes = freed
 
@@ -257,11 +312,233 @@ class Store:
         """Refuse an encoder other than the one that built the index (paths/devices may differ)."""
         check_identity(self.identity, identity)
 
+    # --- compression -------------------------------------------------------------------------------
+
+    @property
+    def compression(self) -> str:
+        """How token vectors are stored (a ``indexer.codecs`` name), from the manifest."""
+        return self._manifest.get("compression", "fp16")
+
+    @property
+    def pool_factor(self) -> int:
+        """Tokens per stored vector (1 = every token kept), from the manifest."""
+        return int(self._manifest.get("pool_factor", 1))
+
+    def codec_state(self, version: int) -> CodecState:
+        """The codec state ``codec-v<version>.npz`` (checked on load; CorruptIndexError otherwise)."""
+        state = self._codec_states.get(version)
+        if state is None:
+            state = self._codec_states[version] = read_codec_state(self.directory, version, self.multi_dim)
+        return state
+
+    def shard_layout(self, kind: str, name: str) -> tuple[np.dtype, int]:
+        """(dtype, values per row) of a shard's rows: raw float16/float32, or uint8 codec records."""
+        version = shard_codec_version(name)
+        if version is None:
+            return DTYPES[kind], self.dim(kind)
+        return np.dtype(np.uint8), self.codec_state(version).bytes_per_token
+
+    def _meta_codec_version(self) -> int | None:
+        raw = cat.get_meta(self._db, "codec_version")
+        if raw is None:
+            return None
+        try:
+            version = json.loads(raw)
+        except ValueError:
+            version = None
+        if type(version) is not int or not 1 <= version <= 999999:
+            raise CorruptIndexError(f"the catalogue names an invalid codec version {raw[:40]!r}", _CATALOGUE_HINT)
+        return version
+
+    def _write_state(self) -> CodecState | None:
+        """The codec state new pages are stored with; None: raw float16 (an fp16 index, or a codec
+        that is not trained yet). A codec that needs no training is saved on first need."""
+        if (self.compression, self.pool_factor) == ("fp16", 1):
+            return None
+        version = self._meta_codec_version()
+        if version is not None:
+            state = self.codec_state(version)
+            if (state.name, state.pool_factor) == (self.compression, self.pool_factor):
+                return state
+        codec = make_codec(self.compression, self.multi_dim)
+        if codec.needs_training or not self.writable:
+            return None
+        return self._install_codec(codec, self.pool_factor)
+
+    def _install_codec(self, codec, pool_factor: int) -> CodecState:
+        """Save a new codec state (a version no file or shard has used) and make it the one new
+        pages use: the file first, then the catalogue names it."""
+        self.require_writable()
+        used = [self._meta_codec_version() or 0]
+        used += [shard_codec_version(name) or 0 for _s, _k, name, _c in cat.shard_rows(self._db)]
+        used += [parse_codec_file_name(n) or 0 for n in os.listdir(self.directory)]
+        version = max(used) + 1
+        codec_store.write_codec_state(self.directory, version, codec, pool_factor)
+        with cat.transaction(self._db) as db:
+            cat.set_meta(db, "codec_version", json.dumps(version))
+        return self.codec_state(version)
+
+    def encode_multi(self, appender: Appender, multi: np.ndarray) -> tuple[np.ndarray, bool]:
+        """The rows to store for a page's float16 tokens in ``appender``'s shard, and whether the
+        page's patch grid still applies (not once its tokens are pooled)."""
+        state = getattr(appender, "codec_state", None)
+        if state is None:
+            return multi, True
+        return state.encode(multi), state.pool_factor == 1
+
+    def raw_page_groups(self) -> list[RawPageGroup]:
+        """Pages whose token vectors are still raw float16 (unpooled), grouped by shared block."""
+        raw = [sid for sid, kind, name, _c in cat.shard_rows(self._db)
+               if kind == "multi" and shard_codec_version(name) is None]
+        groups: dict[tuple, list] = {}
+        for sid in raw:
+            for page_id, off, n, s_shard, s_row in self._db.execute(
+                    "SELECT page_id, multi_offset, n_tokens, single_shard, single_row FROM pages"
+                    " WHERE multi_shard = ? ORDER BY multi_offset, page_id", (sid,)):
+                groups.setdefault((sid, off, n), []).append((page_id, (s_shard, s_row)))
+        return [RawPageGroup(sid, off, n, tuple(p for p, _l in v), tuple(loc for _p, loc in v))
+                for (sid, off, n), v in groups.items()]
+
+    def raw_multi_rows(self, shard_id: int, offset: int, n_tokens: int) -> np.ndarray:
+        """float16 [n_tokens, multi_dim] of a raw multi shard (committed rows only)."""
+        return self._committed_map(shard_id, "multi")[offset:offset + n_tokens]
+
+    def single_row(self, shard_id: int, row: int) -> np.ndarray:
+        return self._committed_map(shard_id, "single")[row]
+
+    def _committed_map(self, shard_id: int, kind: str) -> np.ndarray:
+        found = self._db.execute("SELECT kind, file, committed_rows FROM shards WHERE id = ?", (shard_id,)).fetchone()
+        if found is None or found[0] != kind:
+            raise CorruptIndexError(f"a page names {kind} shard {shard_id!r}, which the catalogue lacks",
+                                    _CATALOGUE_HINT)
+        key = (shard_id, found[2])
+        if key not in self._raw_maps:
+            dtype, width = self.shard_layout(kind, found[1])
+            self._raw_maps[key] = map_rows(self.shard_path(shard_id, kind, found[1]), kind, width, found[2], dtype)
+        return self._raw_maps[key]
+
+    def coded_appender(self, version: int) -> Appender:
+        """An appender on the newest multi shard of codec state ``version`` (a new one when it is full)."""
+        self.require_writable()
+        if self._writer_open:
+            raise RuntimeError("a document writer is open")
+        return self._appender("multi", self.codec_state(version))
+
+    def move_multi_rows(self, appender: Appender, updates: list, *, drop_grid: bool) -> None:
+        """One transaction: pages (shard, offset, n_tokens, crc32, page_id) now read their token
+        vectors there (``drop_grid``: pooled, so no patch grid), and the shard's watermark moves."""
+        self.require_writable()
+        grid = "".join(f", {c} = NULL" for c in cat.GRID_COLUMNS) if drop_grid else ""
+        with cat.transaction(self._db) as db:
+            db.executemany(f"UPDATE pages SET multi_shard = ?, multi_offset = ?, n_tokens = ?, crc32 = ?{grid}"
+                           " WHERE page_id = ?", updates)
+            cat.set_watermark(db, appender.shard_id, appender.rows)
+        self._snap = None
+
+    def drop_unused_raw_shards(self) -> int:
+        """Drop raw float16 multi shards no page uses (after a conversion); returns bytes freed."""
+        self.require_writable()
+        self.close_appenders()
+        unused = [(sid, name) for sid, kind, name, _c in cat.shard_rows(self._db)
+                  if kind == "multi" and shard_codec_version(name) is None
+                  and self._db.execute("SELECT 1 FROM pages WHERE multi_shard = ? LIMIT 1", (sid,)).fetchone() is None]
+        if not unused:
+            return 0
+        paths = [self.shard_path(sid, "multi", name) for sid, name in unused]
+        with cat.transaction(self._db) as db:
+            db.executemany("DELETE FROM shards WHERE id = ?", [(sid,) for sid, _n in unused])
+        self._raw_maps.clear()
+        self._snap = None
+        freed = 0
+        for path in paths:  # after the commit: a crash here leaves orphans, deleted on the next open
+            freed += _size(path)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        fsync_dir(os.path.join(self.directory, SHARD_DIR))
+        return freed
+
+    def _set_compression(self, compression: str, pool_factor: int) -> None:
+        manifest = dict(self._manifest, compression=compression, pool_factor=pool_factor,
+                        format_version=format_version_for(compression, pool_factor))
+        if manifest == self._manifest:
+            return
+        atomic_write_json(os.path.join(self.directory, MANIFEST_NAME), manifest)
+        with cat.transaction(self._db) as db:
+            cat.set_meta(db, "format_version", json.dumps(manifest["format_version"]))
+        self._manifest = manifest
+
+    def _coded_states_in_use(self) -> set[tuple[str, int]]:
+        versions = {shard_codec_version(name) for sid, kind, name, _c in cat.shard_rows(self._db)
+                    if kind == "multi" and self._db.execute("SELECT 1 FROM pages WHERE multi_shard = ? LIMIT 1",
+                                                            (sid,)).fetchone() is not None}
+        return {(self.codec_state(v).name, self.codec_state(v).pool_factor) for v in versions if v is not None}
+
+    def recompress(self, compression: str, pool_factor: int | None = None, *, progress=None) -> RecompressResult:
+        """Convert the stored float16 token vectors in place to ``compression`` (pooled by
+        ``pool_factor``, default: the index's), from the stored vectors alone. Resumable: after a
+        kill the same call finishes it. Coded vectors cannot be converted back or to another codec
+        (their float16 originals are gone): ValueError saying so. ``progress(stage, done, total)``."""
+        self.require_writable()
+        compression, pool_factor = check_compression(compression, self.pool_factor if pool_factor is None
+                                                     else pool_factor)
+        target = (compression, pool_factor)
+        coded = self._coded_states_in_use()
+        if coded and coded != {target}:
+            have = ", ".join(f"{n} (pool factor {p})" for n, p in sorted(coded))
+            raise ValueError(
+                f"this index already stores token vectors as {have}; recompress converts only from the fp16 "
+                f"originals, which a coded index no longer holds, so it cannot become {compression} "
+                f"(pool factor {pool_factor})",
+            )
+        if compression != "fp16":
+            make_codec(compression, self.multi_dim)  # refuse an unsuitable width before changing anything
+        before = self._multi_bytes()
+        self._set_compression(compression, pool_factor)  # first: new pages follow the target from now on
+        state = self._write_state()
+        if state is None and target != ("fp16", 1) and self.raw_page_groups():  # a codec to train on the pages
+            codec = codec_store.train_codec(self, compression, pool_factor, progress=progress)
+            state = self._install_codec(codec, pool_factor)
+        moved = 0
+        if state is not None:
+            self.close_appenders()
+            moved = codec_store.convert_raw_pages(self, state, progress=progress)
+        self._raw_maps.clear()
+        return RecompressResult(compression, pool_factor, moved, before, self._multi_bytes())
+
+    train_min_tokens = 1 << 16  # a residual codec index trains at the end of a run once this many tokens are in
+
+    def maybe_train_codec(self, *, progress=None) -> int:
+        """An index created with a codec that needs training stores pages raw until it holds
+        ``train_min_tokens`` tokens; then (at the end of a run) the codec is trained on a sample
+        of them and every raw page converted. Returns pages converted (0 when not due)."""
+        if not self.writable or (self.compression, self.pool_factor) == ("fp16", 1) or self._write_state() is not None:
+            return 0
+        tokens = sum(g.n_tokens for g in self.raw_page_groups())
+        if tokens < max(1, self.train_min_tokens):
+            return 0
+        return self.recompress(self.compression, self.pool_factor, progress=progress).pages_converted
+
+    def _raw_page_count(self) -> int:
+        """Live pages whose token vectors are still raw float16 while the index names a codec
+        (waiting for the codec's training, or an interrupted ``recompress``)."""
+        if (self.compression, self.pool_factor) == ("fp16", 1):
+            return 0
+        raw = [sid for sid, kind, name, _c in cat.shard_rows(self._db)
+               if kind == "multi" and shard_codec_version(name) is None]
+        return sum(self._db.execute("SELECT COUNT(*) FROM pages WHERE multi_shard = ?", (sid,)).fetchone()[0]
+                   for sid in raw)
+
+    def _multi_bytes(self) -> int:
+        return sum(_size(path) for _sid, kind, path, _r in self.shards() if kind == "multi")
+
     # --- VectorSource (read side) ----------------------------------------------------------------
 
     def _snapshot(self) -> Snapshot:
         if self._snap is None:
-            self._snap = load_snapshot(self._db, self.directory, {"multi": self.multi_dim, "single": self.single_dim})
+            self._snap = load_snapshot(self._db, self.directory, {"multi": self.multi_dim, "single": self.single_dim},
+                                       layout=self.shard_layout)
         return self._snap
 
     def refresh(self) -> bool:
@@ -289,8 +566,13 @@ class Store:
         return out
 
     def multi_vectors(self, page_ids) -> list[np.ndarray]:
+        """float16 [n_tokens, multi_dim] per page: as stored, or decoded from the stored codes."""
         snap = self._snapshot()
-        return [snap.multi(p) for p in snap.positions(page_ids)]
+        out = []
+        for p in snap.positions(page_ids):
+            rows, version = snap.multi(p), snap.codec_version(p)
+            out.append(rows if version is None else self.codec_state(version).decode(rows))
+        return out
 
     def pages_info(self, page_ids) -> list[tuple[str, int]]:
         """(document path, page number) for each page id, in order."""
@@ -397,24 +679,37 @@ class Store:
         self.require_writable()
         if self._writer_open:
             raise RuntimeError("one document at a time: commit or abort the open document writer first")
-        for kind in ("multi", "single"):
-            row = self._db.execute("SELECT id, file, committed_rows FROM shards WHERE kind = ? ORDER BY id DESC"
-                                   " LIMIT 1", (kind,)).fetchone()
-            if row is not None and row[2] * row_bytes(kind, self.dim(kind)) >= self.shard_max_bytes:
-                row = None
-            if row is None:
-                with cat.transaction(self._db):
-                    sid = self._db.execute("INSERT INTO shards (kind, file) VALUES (?, '')", (kind,)).lastrowid
-                    self._db.execute("UPDATE shards SET file = ? WHERE id = ?", (shard_file_name(kind, sid), sid))
-                row = (sid, shard_file_name(kind, sid), 0)
-            app = self._apps.get(kind)
-            if app is None or app.shard_id != row[0]:
-                if app is not None:
-                    app.close()
-                self._apps[kind] = Appender(self.shard_path(row[0], kind, row[1]), kind, self.dim(kind), row[2],
-                                            shard_id=row[0])
+        state = self._write_state()
+        multi, single = self._appender("multi", state), self._appender("single", None)
         self._writer_open = True
-        return self._apps["multi"], self._apps["single"]
+        return multi, single
+
+    def _appender(self, kind: str, state: CodecState | None) -> Appender:
+        """The appender of the newest shard of ``kind`` whose rows are of ``state`` (None: raw),
+        starting a new shard when there is none or it is full."""
+        version = None if state is None else state.version
+        row = None
+        for found in self._db.execute("SELECT id, file, committed_rows FROM shards WHERE kind = ? ORDER BY id DESC",
+                                      (kind,)):
+            if shard_codec_version(found[1]) == version:
+                row = found
+                break
+        dtype, width = (DTYPES[kind], self.dim(kind)) if state is None else (np.dtype(np.uint8), state.bytes_per_token)
+        if row is not None and row[2] * row_bytes(kind, width, dtype) >= self.shard_max_bytes:
+            row = None
+        if row is None:
+            with cat.transaction(self._db):
+                sid = self._db.execute("INSERT INTO shards (kind, file) VALUES (?, '')", (kind,)).lastrowid
+                self._db.execute("UPDATE shards SET file = ? WHERE id = ?", (shard_file_name(kind, sid, version), sid))
+            row = (sid, shard_file_name(kind, sid, version), 0)
+        app = self._apps.get(kind)
+        if app is None or app.shard_id != row[0]:
+            if app is not None:
+                app.close()
+            app = self._apps[kind] = Appender(self.shard_path(row[0], kind, row[1]), kind, width, row[2],
+                                              shard_id=row[0], dtype=dtype)
+            app.codec_state = state
+        return app
 
     def release_appenders(self, changed: bool) -> None:
         """The document writer is done (committed, or aborted when ``changed`` is False)."""
@@ -473,17 +768,19 @@ class Store:
         return cat.next_shard_id(self._db)
 
     def swap_shards(self, new_shards: dict[str, tuple[int, int]], updates: list, old_ids: list[int]) -> None:
-        """Compaction's commit: add the new shards {kind: (id, rows)}, point pages at their new places
+        """Compaction's commit: add the new shards {kind or (kind, codec version): (id, rows)}, point pages at their new places
         (multi_shard, multi_offset, single_shard, single_row, page_id), drop the old shard rows."""
         self.require_writable()
         with cat.transaction(self._db) as db:
-            for kind, (sid, rows) in new_shards.items():
+            for key, (sid, rows) in new_shards.items():
+                kind, version = key if isinstance(key, tuple) else (key, None)  # (kind, codec version)
                 db.execute("INSERT INTO shards (id, kind, file, committed_rows) VALUES (?, ?, ?, ?)",
-                           (sid, kind, shard_file_name(kind, sid), rows))
+                           (sid, kind, shard_file_name(kind, sid, version), rows))
             db.executemany("UPDATE pages SET multi_shard = ?, multi_offset = ?, single_shard = ?, single_row = ?"
                            " WHERE page_id = ?", updates)
             db.executemany("DELETE FROM shards WHERE id = ?", [(sid,) for sid in old_ids])
         self._snap = None
+        self._raw_maps.clear()
 
     def document_writer(self, source: SourceFile, *, resume: bool = False) -> DocumentWriter:
         """``with store.document_writer(src) as w: w.add_page(n, w, h, emb)`` -> committed on exit.
@@ -578,9 +875,10 @@ class Store:
 
     def shard_usage(self) -> tuple[dict, dict]:
         """({shard id: (kind, committed bytes)}, {shard id: live bytes}); copies share bytes, counted once."""
-        committed = {sid: (kind, rows * row_bytes(kind, self.dim(kind)))
-                     for sid, kind, _name, rows in cat.shard_rows(self._db)}
-        live = cat.live_shard_bytes(self._db, {k: row_bytes(k, self.dim(k)) for k in ("multi", "single")})
+        sizes = {sid: (kind, row_bytes(kind, self.shard_layout(kind, name)[1], self.shard_layout(kind, name)[0]))
+                 for sid, kind, name, _rows in cat.shard_rows(self._db)}
+        committed = {sid: (kind, rows * sizes[sid][1]) for sid, kind, _name, rows in cat.shard_rows(self._db)}
+        live = cat.live_shard_bytes(self._db, {sid: size for sid, (_kind, size) in sizes.items()})
         return committed, live
 
     def dead_bytes(self) -> int:
@@ -602,11 +900,17 @@ class Store:
             parts[f"{kind}_vectors"] += _size(path)
         parts["manifest"] = _size(os.path.join(self.directory, MANIFEST_NAME))
         parts[DERIVED_DIR] = _dir_bytes(os.path.join(self.directory, DERIVED_DIR))
+        parts["codec_state"] = sum(_size(os.path.join(self.directory, n)) for n in os.listdir(self.directory)
+                                   if parse_codec_file_name(n) is not None)
+        # per page, the multi-vectors' cost includes their codec state (fixed: it matters on small indexes)
+        per_page = {part: ((parts[part] + (parts["codec_state"] if part == "multi_vectors" else 0)) / pages
+                           if pages else 0.0) for part in ("multi_vectors", "single_vectors", DERIVED_DIR, "catalogue")}
         return StoreStats(
             documents=docs.get("indexed", 0) - partial, failed_documents=docs.get("failed", 0), pages=pages,
             vectors=tokens, bytes_by_part=parts, total_bytes=sum(parts.values()), dead_bytes=self.dead_bytes(),
             identity=self.identity, format_version=self.format_version, single_dim=self.single_dim,
-            multi_dim=self.multi_dim, partial_documents=partial)
+            multi_dim=self.multi_dim, partial_documents=partial, compression=self.compression,
+            pool_factor=self.pool_factor, bytes_per_page=per_page, raw_pages=self._raw_page_count())
 
     def compact(self) -> int:
         """Rewrite live vectors into new shard files and drop the old ones; returns bytes reclaimed,
@@ -641,7 +945,8 @@ class Store:
         maps, bad_shards = {}, set()
         for sid, kind, name, rows in cat.shard_rows(self._db):
             try:
-                maps[sid] = map_rows(self.shard_path(sid, kind, name), kind, self.dim(kind), rows)
+                dtype, width = self.shard_layout(kind, name)
+                maps[sid] = map_rows(self.shard_path(sid, kind, name), kind, width, rows, dtype)
             except (CorruptIndexError, OSError) as exc:
                 report.problems.append(f"shard {name}: {getattr(exc, 'message', None) or exc}")
                 bad_shards.add(sid)

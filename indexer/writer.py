@@ -78,11 +78,15 @@ class DocumentWriter:
             )
         if multi.shape[0] == 0:
             raise ValueError(f"page {page_number} has no token vectors")
-        multi_at = self._multi.append(multi)
+        # raw float16 rows, or the codec's records (pooled first when the index pools tokens);
+        # the checksum covers what is stored
+        stored, keeps_grid = store.encode_multi(self._multi, multi)
+        multi_at = self._multi.append(stored)
         single_at = self._single.append(single)
-        self._rows.append((page_number, width, height, self._multi.shard_id, multi_at, multi.shape[0],
-                           self._single.shard_id, single_at, page_crc(multi, single[0]),
-                           *grid_columns(getattr(embedding, "grid", None), multi.shape[0])))
+        grid = getattr(embedding, "grid", None) if keeps_grid else None  # pooled tokens have no grid
+        self._rows.append((page_number, width, height, self._multi.shard_id, multi_at, stored.shape[0],
+                           self._single.shard_id, single_at, page_crc(stored, single[0]),
+                           *grid_columns(grid, stored.shape[0])))
         if len(self._rows) >= store.checkpoint_pages:
             self._commit_chunk(complete=False)
 

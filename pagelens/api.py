@@ -150,6 +150,30 @@ class _PageEncoder:
         return out
 
 
+# The recommended compact profile (`compact=True`, `--compact`): (compression, pool factor).
+# Provisional: the lead picks the final one from benchmarks/compact.py.
+COMPACT_PROFILE = ("residual-2", 1)
+COMPRESSIONS = ("fp16", "int8", "residual-1", "residual-2", "residual-4")
+
+
+def _compression_choice(compression: Any, pool_factor: Any, compact: bool) -> tuple[str, int]:
+    """(compression, pool factor) from the arguments, checked; compact=True means COMPACT_PROFILE."""
+    if compact:
+        if compression is not None and compression != COMPACT_PROFILE[0] or \
+                pool_factor is not None and pool_factor != COMPACT_PROFILE[1]:
+            raise PagelensError("compact picks its own compression and pool factor",
+                             "Give either compact or compression/pool_factor, not both.")
+        return COMPACT_PROFILE
+    compression = "fp16" if compression is None else compression
+    pool_factor = 1 if pool_factor is None else pool_factor
+    if not isinstance(compression, str) or compression not in COMPRESSIONS:
+        raise PagelensError(f"unknown compression {compression!r}", f"Choose one of {', '.join(COMPRESSIONS)}.")
+    if isinstance(pool_factor, bool) or not isinstance(pool_factor, (int, np.integer)) or not 1 <= pool_factor <= 64:
+        raise PagelensError(f"pool_factor must be an integer from 1 (no pooling) to 64, got {pool_factor!r}",
+                         "Use 1, 2 or 3.")
+    return compression, int(pool_factor)
+
+
 class Index:
     """A page index on disk.
 
@@ -192,6 +216,9 @@ class Index:
         search_dim: int | None = None,
         prefilter: str = "auto",
         on_event: Callable[[Any], None] | None = None,
+        compression: str | None = None,
+        pool_factor: int | None = None,
+        compact: bool = False,
     ) -> "Index":
         """Create a new, empty index.
 
@@ -202,6 +229,12 @@ class Index:
         ``search_dim`` is the Matryoshka width of the single-vector FAISS index (default: full; the
         stored vectors stay full width). ``prefilter`` is its kind: "auto" (exact below 5k pages,
         HNSW above), "flat", "hnsw" or "ivf". Both are fixed at creation.
+
+        ``compression`` is how token vectors are stored: "fp16" (default, lossless), "int8",
+        "residual-1", "residual-2" or "residual-4" (see docs/index-format.md, "Compression");
+        ``pool_factor`` N > 1 stores each page's tokens pooled N to 1 (lossy; no heatmaps).
+        ``compact=True`` picks the recommended profile (`COMPACT_PROFILE`). All fixed at creation:
+        `recompress` converts an fp16 index later.
 
         Raises `pagelens.errors.IndexExistsError` (an `indexer.errors.IndexExistsError`) when the folder
         already holds an index: checked before the model loads, and again, under the writer lock,
@@ -215,6 +248,7 @@ class Index:
             )
         if prefilter not in ("auto", "flat", "hnsw", "ivf"):
             raise PagelensError(f"unknown prefilter {prefilter!r}", "Choose auto, flat, hnsw or ivf.")
+        compression, pool_factor = _compression_choice(compression, pool_factor, compact)
         if search_dim is not None and search_dim < 1:
             raise PagelensError(f"search_dim must be at least 1, got {search_dim}", "Leave it unset for the full width.")
         if encoder is None and model is not None:
@@ -239,7 +273,8 @@ class Index:
             )
         settings = {"search_dim": search_dim, "prefilter": prefilter}
         store = _store_module().Store.create(
-            directory, identity=identity, single_dim=single_dim, multi_dim=multi_dim, settings=settings
+            directory, identity=identity, single_dim=single_dim, multi_dim=multi_dim, settings=settings,
+            compression=compression, pool_factor=pool_factor,
         )
         return cls(directory, store, encoder=encoder, device=device, dtype=dtype, on_event=on_event)
 
@@ -288,8 +323,13 @@ class Index:
         max_pixels: int | None = None,
         search_dim: int | None = None,
         on_event: Callable[[Any], None] | None = None,
+        compression: str | None = None,
+        pool_factor: int | None = None,
+        compact: bool = False,
     ) -> "Index":
         """Open the index at ``directory`` for adding, or create it with ``model`` (default jina-v4).
+        ``compression``, ``pool_factor`` and ``compact`` (see `create`) apply when it is created; on
+        an existing index a value other than its own is refused (use `recompress`).
 
         On an existing index, a ``model``, ``task`` or ``max_pixels`` given explicitly must match the
         index's own encoder: adding pages from another encoder is refused, never mixed in. Without
@@ -298,6 +338,9 @@ class Index:
         from indexer.errors import IndexExistsError as StoreIndexExists  # noqa: PLC0415
 
         directory = Path(directory)
+        given = compression is not None or pool_factor is not None or compact
+        asked = (compression, pool_factor)  # on an existing index, what is not given is the index's own
+        compression, pool_factor = _compression_choice(compression, pool_factor, compact)
         if not _is_index_dir(directory):
             encoder = _load_reporting(
                 on_event, model or DEFAULT_MODEL, task=task or "retrieval", device=device, dtype=dtype,
@@ -305,13 +348,24 @@ class Index:
             )
             try:
                 return cls.create(directory, encoder=encoder, device=device, dtype=dtype,
-                                  search_dim=search_dim, on_event=on_event)
+                                  search_dim=search_dim, on_event=on_event, compression=compression,
+                                  pool_factor=pool_factor)
             except StoreIndexExists:
                 if not _is_index_dir(directory):
                     raise  # a folder holding something else: say so
             # created by another process since we looked: add to it, with the encoder already loaded
             return cls.open(directory, encoder=encoder, device=device, dtype=dtype, writable=True, on_event=on_event)
         index = cls.open(directory, device=device, dtype=dtype, writable=True, on_event=on_event)
+        have = (index._store.compression, index._store.pool_factor)
+        if not compact:
+            compression, pool_factor = _compression_choice(asked[0] or have[0], asked[1] or have[1], False)
+        if given and (compression, pool_factor) != have:
+            index.close()
+            raise PagelensError(
+                f"the index at {directory} stores token vectors as {have[0]} with pool factor {have[1]}; "
+                f"compression and pool factor are fixed when an index is created",
+                f"Convert it with `pagelens recompress --index {directory} --compression {compression}"
+                f" --pool-factor {pool_factor}`, or index into a new --index folder.")
         if model is not None or task is not None or max_pixels is not None:
             try:
                 identity = index.identity or {}
@@ -334,6 +388,8 @@ class Index:
         if self._store is None:
             return
         try:
+            if self._dirty and getattr(self._store, "writable", False):
+                self._store.maybe_train_codec()  # a residual codec trains once enough pages are in
             if self._dirty:
                 self.sync()
         finally:
@@ -496,6 +552,27 @@ class Index:
         """Reclaim the space of removed pages now; returns the bytes reclaimed."""
         return self._writable().compact()
 
+    def recompress(self, compression: str | None = None, *, pool_factor: int | None = None, compact: bool = False,
+                   on_progress: Callable[[str, int, int], None] | None = None):
+        """Convert the stored fp16 token vectors in place to ``compression`` (or the `COMPACT_PROFILE`
+        with ``compact=True``), from the stored vectors alone: no model runs. Page ids stay. Resumable:
+        after an interruption (even kill -9) the same call finishes it. An index already stored with
+        a codec cannot be converted again (its fp16 vectors are gone): `PagelensError`.
+        ``on_progress(stage, done, total)``. Returns the store's result (pages converted, bytes)."""
+        if compression is None and not compact:
+            raise PagelensError("recompress needs a compression", "Pass compression='int8' (or compact=True).")
+        store = self._writable()
+        compression, pool_factor = _compression_choice(
+            compression, store.pool_factor if pool_factor is None and not compact else pool_factor, compact)
+        try:
+            result = store.recompress(compression, pool_factor, progress=on_progress)
+        except ValueError as exc:
+            raise PagelensError(str(exc), "Re-index the documents into a new --index folder with the codec you "
+                                "want (`pagelens index --compression NAME`).") from None
+        self._retriever = None  # it read the old vectors
+        self._dirty = True
+        return result
+
     # ---- reading ---------------------------------------------------------------------------
 
     def info(self) -> IndexInfo:
@@ -509,7 +586,9 @@ class Index:
             bytes_on_disk={**stats.bytes_by_part, "total": stats.total_bytes, "dead (reclaimable)": stats.dead_bytes},
             identity=stats.identity,
             failed_documents=stats.failed_documents,
-            extra={"settings": self._store.settings},
+            extra={"settings": self._store.settings, "compression": stats.compression,
+                   "pool_factor": stats.pool_factor, "bytes_per_page": stats.bytes_per_page,
+                   "pages_not_yet_compressed": stats.raw_pages},
         )
 
     def verify(self) -> VerifyReport:

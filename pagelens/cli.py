@@ -68,6 +68,26 @@ def _check_task(value: Optional[str]) -> Optional[str]:
     return value
 
 
+COMPRESSION_NAMES = ("fp16", "int8", "residual-1", "residual-2", "residual-4")
+
+
+def _check_compression(value: Optional[str]) -> Optional[str]:
+    if value is not None and value not in COMPRESSION_NAMES:
+        raise typer.BadParameter(f"{value!r} is not a compression; choose one of {', '.join(COMPRESSION_NAMES)}.")
+    return value
+
+
+CompressionOption = typer.Option(
+    None, "--compression", callback=_check_compression,
+    help="How token vectors are stored: fp16 (default, lossless), int8, residual-1, residual-2 or residual-4.",
+)
+PoolFactorOption = typer.Option(
+    None, "--pool-factor", min=1, max=64,
+    help="Pool each page's token vectors N to 1 before storing them (1 = none; lossy, no heatmaps).",
+)
+CompactOption = typer.Option(False, "--compact", help="Use the recommended compact profile (residual-2, pool factor 1).")
+
+
 def _check_dtype(value: Optional[str]) -> Optional[str]:
     if value is not None and value.lower().removeprefix("torch.") not in DTYPES:
         raise typer.BadParameter(
@@ -280,6 +300,9 @@ def index_command(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
     as_json: bool = JsonOption,
+    compression: Optional[str] = CompressionOption,
+    pool_factor: Optional[int] = PoolFactorOption,
+    compact: bool = CompactOption,
 ) -> None:
     """Index PDFs and page images into DIR, embedding only new or changed files.
 
@@ -290,12 +313,32 @@ def index_command(
     from pagelens.api import Index
     from pagelens.progress import progress_reporter
 
+    storage: dict[str, Any] = {}
+    if compression is not None or pool_factor is not None or compact:
+        if compact and (compression not in (None, "residual-2") or pool_factor not in (None, 1)):
+            raise typer.BadParameter("--compact picks its own compression and pool factor; give one or the other.",
+                                     param_hint="--compact")
+        storage = {"compression": compression, "pool_factor": pool_factor, "compact": compact}
+        if (index / "manifest.json").exists():  # fixed at creation: a different value is a usage error
+            def stored() -> tuple[str, int]:
+                with Index.open(index) as idx:
+                    info = idx.info()
+                return info.extra["compression"], info.extra["pool_factor"]
+
+            have = _run(stored, index=index)
+            want = ("residual-2", 1) if compact else (compression or have[0], pool_factor or have[1])
+            if want != have:
+                raise typer.BadParameter(
+                    f"the index stores token vectors as {have[0]} with pool factor {have[1]}, fixed when it was "
+                    f"created; convert it with `pagelens recompress --index {index} --compression {want[0]} "
+                    f"--pool-factor {want[1]}`, or index into a new --index folder.", param_hint="--compression")
+
     def work() -> Any:
         with progress_reporter(enabled=not quiet and not as_json) as on_event:
             if paths:
                 idx = Index.open_or_create(
                     index, model=model, task=task, device=device, dtype=dtype, max_pixels=max_pixels,
-                    search_dim=search_dim, on_event=on_event,
+                    search_dim=search_dim, on_event=on_event, **storage,
                 )
             else:  # --repair alone: there must be an index to repair
                 idx = Index.open(index, model=model, device=device, dtype=dtype, writable=True, on_event=on_event)
@@ -455,6 +498,13 @@ def info_command(index: Path = IndexOption, as_json: bool = JsonOption) -> None:
     _out(f"vectors:    {info.vectors}")
     for part, size in info.bytes_on_disk.items():
         _out(f"bytes:      {part:<16} {size:>14,}")
+    extra = info.extra or {}
+    if "compression" in extra:
+        pending = extra.get("pages_not_yet_compressed") or 0
+        _out(f"storage:    {extra['compression']}, pool factor {extra['pool_factor']}"
+             + (f" ({pending} pages still fp16: codec not trained yet, or run `pagelens recompress`)" if pending else ""))
+        for part, size in (extra.get("bytes_per_page") or {}).items():
+            _out(f"per page:   {part:<16} {size:>14,.0f}")
     if info.identity:
         for key in ("model", "revision", "task", "single_dim", "multi_dim", "max_pixels", "image_processor"):
             if key in info.identity:
@@ -530,6 +580,45 @@ def compact_command(index: Path = IndexOption, as_json: bool = JsonOption) -> No
         _print_json({"bytes_reclaimed": result})
     else:
         _out(f"reclaimed {result:,} bytes")
+
+
+@app.command("recompress")
+def recompress_command(
+    index: Path = IndexOption,
+    compression: Optional[str] = CompressionOption,
+    pool_factor: Optional[int] = PoolFactorOption,
+    compact: bool = CompactOption,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Convert an fp16 index's stored token vectors in place to a compact codec (no model runs).
+
+    Page ids stay. Interrupted (even kill -9), the index stays usable and the same command finishes it."""
+    if compression is None and not compact:
+        raise typer.BadParameter("give --compression NAME (or --compact).", param_hint="--compression")
+    if compact and (compression not in (None, "residual-2") or pool_factor not in (None, 1)):
+        raise typer.BadParameter("--compact picks its own compression and pool factor; give one or the other.",
+                                 param_hint="--compact")
+    from pagelens.api import Index
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if not quiet and not as_json:
+            _err(f"{stage}: {done}/{total} pages")
+
+    def work() -> Any:
+        with Index.open(index, writable=True) as idx:
+            result = idx.recompress(compression, pool_factor=pool_factor, compact=compact, on_progress=progress)
+            return result
+
+    result = _run(work, index=index)
+    summary = {"compression": result.compression, "pool_factor": result.pool_factor,
+               "pages_converted": result.pages_converted, "multi_vector_bytes_before": result.bytes_before,
+               "multi_vector_bytes_after": result.bytes_after}
+    if as_json:
+        _print_json(summary)
+    elif not quiet:
+        _out(f"{result.pages_converted} pages converted to {result.compression} (pool factor {result.pool_factor}); "
+             f"multi-vector bytes {result.bytes_before:,} -> {result.bytes_after:,}")
 
 
 @app.command("serve")

@@ -1,4 +1,8 @@
-"""Exact MaxSim of queries against pages stored as codes (``scoring/codecs.py``).
+"""Exact MaxSim of queries against pages stored as codes (``indexer/codecs.py``).
+
+The codec is taken by its interface (``decode``; for the asymmetric path the residual codec's
+``centroid_ids`` / ``residual_rows`` / ``byte_table``, the int8 codec's ``values`` / ``scales``),
+not imported: scoring stays below the store in the data flow and imports no other package.
 
 Two paths compute the same scores (equal within float rounding, tested):
 
@@ -24,7 +28,6 @@ from typing import Sequence
 
 import numpy as np
 
-from scoring.codecs import Codec, CodecError, Int8Codec, ResidualCodec
 from scoring.maxsim import DEFAULT_CHUNK_TOKENS, EMPTY_PAGE_SCORE, PARALLEL_MIN_TOKENS
 from scoring.threads import cpu_workers, parallel_map, single_threaded
 
@@ -62,9 +65,9 @@ def _runs(lengths: np.ndarray, chunk_tokens: int) -> list[tuple[int, int]]:
 class _ResidualTables:
     """Per-query lookup tables of the asymmetric residual path."""
 
-    def __init__(self, codec: ResidualCodec, q_all: np.ndarray):
+    def __init__(self, codec, q_all: np.ndarray):
         if codec.renormalise:
-            raise CodecError("asymmetric scoring needs a residual codec with renormalise=False; use path='decode'")
+            raise ValueError("asymmetric scoring needs a residual codec with renormalise=False; use path='decode'")
         self.qc = np.ascontiguousarray((codec.centroids @ q_all.T), np.float32)  # [C, Tq]
         k = codec.per_byte
         qd = q_all.reshape(len(q_all), -1, k)  # [Tq, n_bytes, k]
@@ -73,15 +76,15 @@ class _ResidualTables:
         self.lut = np.ascontiguousarray(lut.reshape(-1, len(q_all)), np.float32)
 
 
-def _asymmetric_block(codec: Codec, prepared, q_all: np.ndarray, codes: np.ndarray, torch) -> np.ndarray:
+def _asymmetric_block(codec, prepared, q_all: np.ndarray, codes: np.ndarray, torch) -> np.ndarray:
     """Scores [n tokens, sum Tq] of codes against the queries, without decoding the vectors."""
-    if isinstance(codec, ResidualCodec):
+    if hasattr(codec, "centroid_ids"):  # residual codec
         acc = np.take(prepared.qc, codec.centroid_ids(codes), axis=0)  # [n, Tq]
         rows = codec.residual_rows(codes)
         for j in range(rows.shape[1]):  # one row gather per residual byte
             acc += np.take(prepared.lut, rows[:, j], axis=0)
         return acc
-    if isinstance(codec, Int8Codec):
+    if hasattr(codec, "scales"):  # int8 codec
         values, scales = codec.values(codes), codec.scales(codes)
         if torch is not None:
             wide = torch.from_numpy(np.ascontiguousarray(values)).float()  # int8 -> fp32 with SIMD
@@ -90,17 +93,17 @@ def _asymmetric_block(codec: Codec, prepared, q_all: np.ndarray, codes: np.ndarr
             s = values.astype(np.float32) @ q_all.T
         s *= scales[:, None]
         return s
-    raise CodecError(f"codec {codec.name} has no asymmetric path; use path='decode'")
+    raise ValueError(f"codec {codec.name} has no asymmetric path; use path='decode'")
 
 
-def maxsim_codes(query: np.ndarray, codec: Codec, pages: Sequence[np.ndarray], **kw) -> np.ndarray:
+def maxsim_codes(query: np.ndarray, codec, pages: Sequence[np.ndarray], **kw) -> np.ndarray:
     """MaxSim of one query [Tq, d] against each coded page (uint8 [T_i, bytes_per_token]); float32 [n]."""
     return maxsim_codes_batch([query], codec, pages, **kw)[0]
 
 
 def maxsim_codes_batch(
     queries: Sequence[np.ndarray],
-    codec: Codec,
+    codec,
     pages: Sequence[np.ndarray],
     *,
     path: str = DEFAULT_PATH,
@@ -112,8 +115,9 @@ def maxsim_codes_batch(
         raise ValueError(f"unknown path {path!r}; choose one of {list(PATHS)}")
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be at least 1, got {chunk_tokens}")
-    if path == "asymmetric" and not isinstance(codec, (Int8Codec, ResidualCodec)):
-        raise CodecError(f"codec {codec.name} has no asymmetric path; use path='decode'")
+    residual = hasattr(codec, "centroid_ids")
+    if path == "asymmetric" and not (residual or hasattr(codec, "scales")):
+        raise ValueError(f"codec {codec.name} has no asymmetric path; use path='decode'")
     qs = _queries(queries, codec.dim)
     pages = [codec.check_codes(p) for p in pages]
     out = np.full((len(qs), len(pages)), EMPTY_PAGE_SCORE, dtype=np.float32)
@@ -130,7 +134,7 @@ def maxsim_codes_batch(
         import torch
     except ImportError:  # pragma: no cover - torch is a pinned dependency
         torch = None
-    prepared = _ResidualTables(codec, q_all) if path == "asymmetric" and isinstance(codec, ResidualCodec) else None
+    prepared = _ResidualTables(codec, q_all) if path == "asymmetric" and residual else None
     runs = _runs(live_lengths, chunk_tokens)
     widest = max(int(live_lengths[a:b].sum()) for a, b in runs)
     per_token = np.empty((len(q_all), len(live_pages)), np.float32)

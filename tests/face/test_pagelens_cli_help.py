@@ -11,7 +11,7 @@ from pagelens.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
-COMMANDS = ["index", "search", "show", "serve", "info", "verify", "remove", "compact"]
+COMMANDS = ["index", "search", "show", "serve", "info", "verify", "remove", "compact", "recompress"]
 
 
 def test_version():

@@ -15,3 +15,10 @@ def store(tmp_path, encoder):
                      multi_dim=encoder.multi_dim)
     yield s
     s.close()
+
+
+@pytest.fixture
+def rng():
+    import numpy as np
+
+    return np.random.default_rng(1234)

@@ -287,8 +287,6 @@ class ResidualCodec(Codec):
         return super().train(sample, collection_tokens=collection_tokens)
 
     def _fit(self, x):
-        from scoring.faiss_io import spherical_kmeans
-
         if len(x) == 0:
             raise CodecError("the training sample is empty: add pages before training a residual codec")
         given = self._given
@@ -300,8 +298,13 @@ class ResidualCodec(Codec):
             centroids = given  # kept bit for bit: codes of the old codec keep their meaning
         else:
             c = min(self.requested_centroids or suggest_centroids(len(x)), len(x))
-            centroids = _normalise(spherical_kmeans(x, c, niter=self.niter, seed=self.seed,
-                                                    max_points_per_centroid=self.points_per_centroid))
+            import faiss  # FAISS's own k-means driver (the store's layer may not import scoring's helpers)
+
+            km = faiss.Kmeans(self.dim, int(c), niter=int(self.niter), seed=int(self.seed), spherical=True,
+                              max_points_per_centroid=int(self.points_per_centroid), min_points_per_centroid=1,
+                              verbose=False)
+            km.train(np.ascontiguousarray(x, dtype=np.float32))
+            centroids = _normalise(km.centroids)
         self._set_centroids(centroids)
         r = x - self.centroids[self.assign(x)]
         levels = 1 << self.bits

@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from scoring.token_pooling import METHODS, kmeans_labels, pool_tokens, pooled_length, ward_labels
+from indexer.token_pooling import METHODS, kmeans_labels, pool_tokens, pooled_length, ward_labels
 
 
 def unit(x):
