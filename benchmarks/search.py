@@ -171,8 +171,10 @@ def run_size(root: Path, world: World, n_pages: int, tokens: int, args, peak: fl
     with_tokens = n_pages <= args.tokens_max
     tok_s = 0.0
     t0 = time.perf_counter()
-    retriever._enable_pooled()  # the m-means pooled index, also built on first use now
+    if not args.default_only:
+        retriever._enable_pooled()  # the m-means pooled index, also built on first use now
     pool_s = time.perf_counter() - t0
+    with_tokens = with_tokens and not args.default_only
     if with_tokens:  # the codebook is built on first use; time it apart from the default build
         t0 = time.perf_counter()
         retriever._enable_tokens()
@@ -187,12 +189,13 @@ def run_size(root: Path, world: World, n_pages: int, tokens: int, args, peak: fl
     print(f"generate {gen_s:.1f} s | build default derived (sync: single + every token) {build_s:.1f} s | reopen {open_s * 1e3:.0f} ms"
           f" | prefilter {retriever.prefilter.current_kind} | ann {len(retriever.ann.index):,} token vectors,"
           f" {retriever.ann.index.current_kind} {retriever.ann.index.codec}"
-          f" | pooled m={retriever.pooled.m}, {len(retriever.pooled.index):,} vectors, built on first use in {pool_s:.1f} s"
-          f" | codebook {codebook}"
+          + (f" | pooled m={retriever.pooled.m}, {len(retriever.pooled.index):,} vectors, built on first use in {pool_s:.1f} s"
+             if retriever.pooled is not None else " | pooled not built")
+          + f" | codebook {codebook}"
           f" | exhaustive truth for {len(queries)} queries {truth_s:.1f} s")
     print(f"{'generators':<14}{'K':>5}{'probe':>7}{'recall@10':>11}{'p50 ms':>9}{'p95 ms':>9}   (probe: nprobe for tokens, n' per token for pooled / ann)")
     rows = {}
-    plans = [("single",), ("ann",), ("ann", "single"), ("pooled",), ("pooled", "single")]
+    plans = [] if args.default_only else [("single",), ("ann",), ("ann", "single"), ("pooled",), ("pooled", "single")]
     if with_tokens:
         plans[1:1] = [("tokens",), ("single", "tokens")]
     for gens in plans:
@@ -268,6 +271,8 @@ def main() -> None:
     ap.add_argument("--padded-whole-max", type=int, default=10000, help="largest size where the padded baseline scores everything")
     ap.add_argument("--data-dir", default=None, help="where the synthetic files go (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the generated data for the next run")
+    ap.add_argument("--default-only", action="store_true",
+                    help="build and time only the default search (no sweep, no pooled index or codebook)")
     ap.add_argument("--quick", action="store_true", help="1k and 3k pages, 20 queries, fewer settings")
     args = ap.parse_args()
     if args.quick:

@@ -196,7 +196,11 @@ class SinglePrefilter:
         grow_ivf = self.current_kind == "ivf" and n_after > 4 * max(self._trained_at, 1)
         if self._resolve(n_after) != self.current_kind or grow_ivf or not self._index.is_trained:
             keep = self.ids()
-            # vectors stay as given (often float16) until _rebuild widens them chunk by chunk
+            # vectors stay as given (often float16) until _rebuild widens them chunk by chunk; a first
+            # build (nothing held yet) uses them as they are: no copy of millions of token vectors
+            if len(keep) == 0:
+                self._rebuild(ids, np.asarray(vectors)[:, : self.dim])
+                return
             old = self._vectors(keep).astype(np.asarray(vectors).dtype, copy=False)
             self._rebuild(np.concatenate([keep, ids]), np.concatenate([old, np.asarray(vectors)[:, : self.dim]]))
             return

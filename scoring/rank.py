@@ -41,6 +41,7 @@ DEFAULT_GENERATORS = ("ann", "single")
 DEFAULT_CANDIDATES = 200
 MAX_AUTO_CANDIDATES = 800
 PAGES_PER_CANDIDATE = 30  # the shortlist grows with the collection: real text needs it (module doc)
+EARLY_STOP_STEP = 100  # pages reranked per step past the first DEFAULT_CANDIDATES (see search)
 
 
 def default_candidates(live_pages: int) -> int:
@@ -241,10 +242,18 @@ def search(
     pooled: PooledIndex | None = None,
     per_token: int | None = None,
     ann: PooledIndex | None = None,
+    early_stop: bool = True,
 ) -> Hits:
     """One query through both stages. ``live_ids`` (sorted) is the truth about what exists;
     ``unindexed_ids`` are live pages the derived structures do not hold yet: they are always
-    reranked, so a lagging index never hides a new page."""
+    reranked, so a lagging index never hides a new page.
+
+    ``early_stop``: when the first generator is a token index ("ann" or "pooled"), its pages are
+    reranked in the order of their pre-scores: the first 200 (with the other generators' quotas),
+    then 100 at a time only while the next page's pre-score reaches the k-th exact score so far.
+    A pre-score counts, per query token, the page's best returned vector or else the token's floor
+    (its n'-th score), so it is close to an upper bound of the page's MaxSim: a page whose
+    pre-score is under the k-th exact score can seldom enter the top k. K is then a ceiling."""
     k = int(k)
     candidates = default_candidates(len(live_ids)) if candidates is None else int(candidates)
     if candidates < 1:
@@ -256,6 +265,14 @@ def search(
         return []
     if exhaustive_search or len(live_ids) <= candidates:
         return exhaustive(source, [query_multi], live_ids, k, device=device)[0]
+    gens = check_generators(generators)
+    ordered = {"ann": ann, "pooled": pooled}.get(gens[0])
+    if early_stop and ordered is not None and len(ordered):
+        return _search_in_prescore_order(
+            source, query_multi, query_single, ordered, gens[1:], prefilter=prefilter, tokens=tokens,
+            live_ids=live_ids, unindexed_ids=unindexed_ids, k=k, candidates=candidates, nprobe=nprobe,
+            pooled=pooled, per_token=per_token, ann=ann, device=device,
+        )
     ids = proposals(
         query_multi, query_single, prefilter=prefilter, tokens=tokens, live_ids=live_ids,
         candidates=candidates, generators=generators, nprobe=nprobe, pooled=pooled, per_token=per_token,
@@ -267,6 +284,35 @@ def search(
         ids = np.union1d(ids, unindexed_ids)
     ids = top_up(ids, k, live_ids, prefilter=prefilter, query_single=query_single)  # never fewer than k
     return rerank(source, query_multi, ids, k, device=device)
+
+
+def _search_in_prescore_order(source, query_multi, query_single, ordered: PooledIndex, others: Sequence[str], *,
+                              prefilter, tokens, live_ids, unindexed_ids, k, candidates, nprobe, pooled, per_token,
+                              ann, device) -> Hits:
+    """``search`` with early stopping (see its docstring)."""
+    ranked, pre = ordered.candidates(query_multi, candidates, per_token=per_token)
+    alive = np.isin(ranked, live_ids)
+    ranked, pre = ranked[alive], pre[alive]
+    head = max(k, min(candidates, DEFAULT_CANDIDATES))
+    first = [ranked[:head]]
+    for gen in others:  # each other generator's quota, as union_with_quotas gives it
+        first.append(proposals(query_multi, query_single, prefilter=prefilter, tokens=tokens, live_ids=live_ids,
+                               candidates=max(1, candidates // 4), generators=[gen], nprobe=nprobe, pooled=pooled,
+                               per_token=per_token, ann=ann))
+    if unindexed_ids is not None and len(unindexed_ids):
+        first.append(np.asarray(unindexed_ids, dtype=np.int64))
+    ids = top_up(np.unique(np.concatenate(first)), k, live_ids, prefilter=prefilter, query_single=query_single)
+    hits = rerank(source, query_multi, ids, k, device=device)
+    pos = head
+    while pos < len(ranked):
+        if len(hits) >= k and pre[pos] < hits[k - 1][1]:
+            break  # no page left can reach the k-th exact score by its pre-score
+        block = ranked[pos : pos + EARLY_STOP_STEP]
+        pos += len(block)
+        block = block[~np.isin(block, ids)]
+        if len(block):
+            hits = _merge_top(hits, rerank(source, query_multi, block, k, device=device), k)
+    return hits
 
 
 __all__ = [

@@ -299,3 +299,46 @@ def test_hostile_pooled_metadata_is_refused(rng):
         bad = dict(arrays, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
         with pytest.raises(ValueError):
             PooledIndex.from_arrays(bad)
+
+
+def test_early_stop_reranks_fewer_pages_and_finds_the_same_top_k(tmp_path, rng, monkeypatch):
+    """Pages are reranked in pre-score order and the rerank stops once no pre-score reaches the k-th
+    exact score: on queries with clear answers the top k equals the full-K rerank's, with fewer pages."""
+    source = FakeSource()
+    fill(source, rng, 900)
+    r = Retriever(tmp_path / "d", source)
+    r.sync()
+    live = source.live_page_ids()
+    seen = []
+    real_rerank = rank.rerank
+
+    def counting(src, q, ids, k, **kw):
+        seen.append(len(ids))
+        return real_rerank(src, q, ids, k, **kw)
+
+    monkeypatch.setattr(rank, "rerank", counting)
+    early_pages = full_pages = 0
+    for pid in rng.choice(live, 8, replace=False):
+        q = source.pages[int(pid)][1][:6].astype(np.float32)
+        kw = dict(prefilter=r.prefilter, tokens=r.tokens, live_ids=live, k=10, candidates=600, ann=r.ann)
+        seen.clear()
+        early = rank.search(source, q, None, **kw)
+        early_pages += sum(seen)
+        seen.clear()
+        full = rank.search(source, q, None, early_stop=False, **kw)
+        full_pages += sum(seen)
+        assert early == full
+        assert early[0][0] == pid
+    assert early_pages < full_pages
+
+
+def test_early_stop_keeps_going_while_prescores_reach_the_kth_score(tmp_path, rng):
+    """A page whose pre-score beats the k-th exact score after the first block is still reranked."""
+    source = FakeSource()
+    fill(source, rng, 400)
+    r = Retriever(tmp_path / "d", source)
+    r.sync()
+    live = source.live_page_ids()
+    q = normalise(rng.standard_normal((5, 16))).astype(np.float32)  # matches nothing in particular
+    kw = dict(prefilter=r.prefilter, tokens=r.tokens, live_ids=live, k=10, candidates=399, ann=r.ann)
+    assert rank.search(source, q, None, **kw) == rank.search(source, q, None, early_stop=False, **kw)
