@@ -1,4 +1,5 @@
-"""Budgets a rendering child process sets on itself: an address-space cap and a wall-clock alarm.
+"""Budgets a rendering child process sets on itself (an address-space cap and a wall-clock alarm),
+and the parent's clean-up of its pipes.
 
 Shared by the indexer's render worker (``render_worker.py``) and the server's page renderer
 (``pagelens/pages.py``): a hostile PDF can make MuPDF allocate or loop without end, and both run it
@@ -39,4 +40,14 @@ def alarm(seconds: float) -> None:
         signal.setitimer(signal.ITIMER_REAL, max(0.0, seconds))
 
 
-__all__ = ["address_space", "alarm", "limit_memory"]
+def close_quietly(*connections) -> None:
+    """Close the parent's pipe ends to a child (None skipped); a pipe already broken is fine."""
+    for conn in connections:
+        if conn is not None:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+
+__all__ = ["address_space", "alarm", "close_quietly", "limit_memory"]

@@ -49,7 +49,7 @@ from PIL import Image
 
 from indexer import errors as _errors
 from indexer.errors import BrokenFileError, IndexerError, PdfError
-from indexer.child_limits import address_space, alarm, limit_memory
+from indexer.child_limits import address_space, alarm, close_quietly, limit_memory
 from indexer.render import RenderedPage
 from indexer.sources import SourceFile
 
@@ -172,12 +172,7 @@ class RenderWorker:
             code = proc.wait(wait)
         except subprocess.TimeoutExpired:
             code = None
-        for conn in (self._to, self._from):
-            if conn is not None:
-                try:
-                    conn.close()
-                except OSError:
-                    pass
+        close_quietly(self._to, self._from)
         self._proc, self._to, self._from, self._busy = None, None, None, False
         self._close_shared()
         return code

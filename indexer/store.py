@@ -594,32 +594,28 @@ class Store:
         that cannot be right (negative, huge, not integers, more patches than the page has token
         vectors, a box outside the image). Such values are never trusted as a place to read.
         Raises PageNotFoundError when no live page has that id."""
-        if isinstance(page_id, bool) or not isinstance(page_id, (int, np.integer)):
-            raise PageNotFoundError(f"page id {page_id!r} is not an integer", "use a page_id from a search hit")
-        try:
-            row = cat.page_grid_row(self._db, int(page_id)) if -(1 << 63) <= int(page_id) < (1 << 63) else None
-        except sqlite3.Error as exc:
-            raise _catalogue_error(exc) from None
-        if row is None:
-            raise PageNotFoundError(f"no page with id {int(page_id)} in this index (removed, or from another index)",
-                                    "use a page_id from a current search hit")
-        return _checked_grid(row)
+        return _checked_grid(self._live_page_row(cat.page_grid_row, page_id))
 
     def page_size(self, page_id) -> tuple[int | None, int | None]:
         """(width, height) in pixels the page was encoded at, as recorded; (None, None) for a page
         stored without them or with values that cannot be a size. Raises PageNotFoundError when no
         live page has that id."""
+        row = self._live_page_row(cat.page_size_row, page_id)
+        sane = all(isinstance(v, int) and not isinstance(v, bool) and 0 < v < (1 << 20) for v in row)
+        return (int(row[0]), int(row[1])) if sane else (None, None)
+
+    def _live_page_row(self, read, page_id) -> tuple:
+        """``read(db, page_id)``'s row for a live page; the id is checked before it reaches SQLite."""
         if isinstance(page_id, bool) or not isinstance(page_id, (int, np.integer)):
             raise PageNotFoundError(f"page id {page_id!r} is not an integer", "use a page_id from a search hit")
         try:
-            row = cat.page_size_row(self._db, int(page_id)) if -(1 << 63) <= int(page_id) < (1 << 63) else None
+            row = read(self._db, int(page_id)) if -(1 << 63) <= int(page_id) < (1 << 63) else None
         except sqlite3.Error as exc:
             raise _catalogue_error(exc) from None
         if row is None:
             raise PageNotFoundError(f"no page with id {int(page_id)} in this index (removed, or from another index)",
                                     "use a page_id from a current search hit")
-        sane = all(isinstance(v, int) and not isinstance(v, bool) and 0 < v < (1 << 20) for v in row)
-        return (int(row[0]), int(row[1])) if sane else (None, None)
+        return row
 
     # --- catalogue reads -------------------------------------------------------------------------
 

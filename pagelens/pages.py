@@ -36,7 +36,7 @@ from collections import OrderedDict
 from multiprocessing.connection import Connection
 from typing import BinaryIO
 
-from indexer.child_limits import address_space, alarm, limit_memory
+from indexer.child_limits import address_space, alarm, close_quietly, limit_memory
 from pagelens.errors import PagelensError
 
 DEFAULT_RENDER_TIMEOUT = 20.0  # seconds for one page; a real page renders in well under one
@@ -246,12 +246,7 @@ class PageRenderer:
     def kill(self) -> None:
         """Stop the child now (it is replaced on the next render)."""
         proc, self._proc = self._proc, None
-        for conn in (self._to, self._from):
-            if conn is not None:
-                try:
-                    conn.close()
-                except OSError:
-                    pass
+        close_quietly(self._to, self._from)
         self._to = self._from = None
         self._loaded = None
         if proc is not None:
