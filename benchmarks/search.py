@@ -159,7 +159,9 @@ def run_size(root: Path, world: World, n_pages: int, tokens: int, args, peak: fl
     gen_s = time.perf_counter() - t0
     source = MemmapSource(folder)
     derived = root / f"derived-{n_pages}x{tokens}"
-    shutil.rmtree(derived, ignore_errors=True)
+    reused = args.keep and derived.exists()  # --keep keeps the derived structures too: reruns skip the build
+    if not reused:
+        shutil.rmtree(derived, ignore_errors=True)
     t0 = time.perf_counter()
     retriever = Retriever(derived, source)
     retriever.sync()
@@ -186,7 +188,8 @@ def run_size(root: Path, world: World, n_pages: int, tokens: int, args, peak: fl
     n_tok = int(source.offsets[-1])
     print(f"\n== {n_pages:,} pages x ~{tokens} tokens ({n_tok:,} token vectors, {n_tok * 256 / 2**30:.2f} GiB fp16)")
     codebook = f"{retriever.tokens.n_centroids} centroids, built on first use in {tok_s:.1f} s" if retriever.tokens else "not built"
-    print(f"generate {gen_s:.1f} s | build default derived (sync: single + every token) {build_s:.1f} s | reopen {open_s * 1e3:.0f} ms"
+    built = "reused (--keep)" if reused else "build"
+    print(f"generate {gen_s:.1f} s | {built} default derived (sync: single + every token) {build_s:.1f} s | reopen {open_s * 1e3:.0f} ms"
           f" | prefilter {retriever.prefilter.current_kind} | ann {len(retriever.ann.index):,} token vectors,"
           f" {retriever.ann.index.current_kind} {retriever.ann.index.codec}"
           + (f" | pooled m={retriever.pooled.m}, {len(retriever.pooled.index):,} vectors, built on first use in {pool_s:.1f} s"
@@ -254,7 +257,7 @@ def run_size(root: Path, world: World, n_pages: int, tokens: int, args, peak: fl
     retriever = reopened = None
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
-    shutil.rmtree(derived, ignore_errors=True)
+        shutil.rmtree(derived, ignore_errors=True)
     return rows
 
 
@@ -270,7 +273,8 @@ def main() -> None:
     ap.add_argument("--tokens-max", type=int, default=10000, help="largest size where the global codebook is built and measured")
     ap.add_argument("--padded-whole-max", type=int, default=10000, help="largest size where the padded baseline scores everything")
     ap.add_argument("--data-dir", default=None, help="where the synthetic files go (default: a temp dir)")
-    ap.add_argument("--keep", action="store_true", help="keep the generated data for the next run")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the generated data and the derived structures for the next run (which reuses both)")
     ap.add_argument("--default-only", action="store_true",
                     help="build and time only the default search (no sweep, no pooled index or codebook)")
     ap.add_argument("--quick", action="store_true", help="1k and 3k pages, 20 queries, fewer settings")

@@ -134,7 +134,8 @@ class Retriever:
 
     # -- state ----------------------------------------------------------------------------------
     def _reset(self) -> None:
-        dim = self._requested_dim or self.source.single_dim
+        # a store may keep its single vectors narrower than the model's (Matryoshka, issue 11)
+        dim = self._requested_dim or getattr(self.source, "single_width", self.source.single_dim)
         if dim > self.source.single_dim:
             raise ValueError(f"single_dim {dim} exceeds the source's {self.source.single_dim}-d vectors")
         self.single_dim = int(dim)

@@ -16,7 +16,8 @@ class VectorSource(Protocol):
         """int64 [N], sorted ascending: every page currently in the index. Ids are never reused."""
 
     def single_vectors(self, page_ids: np.ndarray) -> np.ndarray:
-        """float32 [len(page_ids), single_dim], rows in the order of ``page_ids``."""
+        """float32 [len(page_ids), width], rows in the order of ``page_ids``; width is single_dim, or a
+        store's narrower ``single_width`` (a Matryoshka prefix) where it has one."""
 
     def multi_vectors(self, page_ids: np.ndarray) -> Sequence[np.ndarray]:
         """One float16 array [T_i, multi_dim] per page id, in order; may be read-only memory-map views."""

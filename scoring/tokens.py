@@ -118,16 +118,34 @@ class TokenIndex:
     # -- mutation -------------------------------------------------------------------------------
     def add(self, page_ids: np.ndarray, pages: Sequence[np.ndarray]) -> None:
         """Assign the pages' tokens to the existing centroids. Ids must not be held already."""
-        ids = np.asarray(page_ids, dtype=np.int64)
-        if len(ids) != len(pages):
-            raise ValueError(f"{len(ids)} page ids but {len(pages)} pages")
+        ids = self._new_ids(page_ids, len(pages))
         if len(ids) == 0:
             return
-        if len(self._positions(ids)):
-            raise ValueError("some page ids are already in the token index; remove them first")
         lengths = np.array([len(p) for p in pages], dtype=np.int64)
         flat = np.concatenate([np.asarray(p) for p in pages], axis=0) if lengths.sum() else np.zeros((0, self.dim))
-        codes = self.assign(flat)
+        self._enter(ids, lengths, self.assign(flat))
+
+    def add_assigned(self, page_ids: np.ndarray, assignments: Sequence[np.ndarray]) -> None:
+        """Enter pages whose tokens' nearest centroids are known already (a residual codec's
+        stored centroid ids, when this index uses that codec's centroids): nothing is computed."""
+        ids = self._new_ids(page_ids, len(assignments))
+        if len(ids) == 0:
+            return
+        lengths = np.array([len(a) for a in assignments], dtype=np.int64)
+        codes = np.concatenate([np.asarray(a, dtype=np.int64) for a in assignments]) if lengths.sum() else np.zeros(0, np.int64)
+        if len(codes) and (codes.min() < 0 or codes.max() >= self.n_centroids):
+            raise ValueError(f"centroid ids must be in [0, {self.n_centroids}): the codec and this index disagree")
+        self._enter(ids, lengths, codes)
+
+    def _new_ids(self, page_ids, n_pages: int) -> np.ndarray:
+        ids = np.asarray(page_ids, dtype=np.int64)
+        if len(ids) != n_pages:
+            raise ValueError(f"{len(ids)} page ids but {n_pages} pages")
+        if len(ids) and len(self._positions(ids)):
+            raise ValueError("some page ids are already in the token index; remove them first")
+        return ids
+
+    def _enter(self, ids: np.ndarray, lengths: np.ndarray, codes: np.ndarray) -> None:
         first = len(self.page_ids)
         pos = np.repeat(np.arange(first, first + len(ids), dtype=np.int64), lengths)
         # one entry per (centroid, page): sorted by centroid, then page
@@ -188,6 +206,8 @@ class TokenIndex:
         sims = q @ self.centroids.T  # [Tq, C]
         probe = np.argpartition(-sims, nprobe - 1, axis=1)[:, :nprobe]
         psims = np.take_along_axis(sims, probe, axis=1)
+        best_first = np.argsort(-psims, axis=1, kind="stable")  # so a (token, page) pair's first entry is its max
+        probe, psims = np.take_along_axis(probe, best_first, axis=1), np.take_along_axis(psims, best_first, axis=1)
         floor = psims.min(axis=1)
         starts = self.list_offsets[probe].ravel()
         lens = self.list_offsets[probe + 1].ravel() - starts
@@ -196,16 +216,16 @@ class TokenIndex:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         ends = np.cumsum(lens)
         idx = np.arange(total, dtype=np.int64) + np.repeat(starts - (ends - lens), lens)
-        pos = self.list_pos[idx]
+        pos = self.list_pos[idx].astype(np.int64)
         tok = np.repeat(np.repeat(np.arange(len(q)), nprobe), lens)
         vals = np.repeat((psims - floor[:, None]).ravel(), lens).astype(np.float32)
-        bonus = np.zeros((len(q), n_pos), dtype=np.float32)
-        np.maximum.at(bonus, (tok, pos), vals)
-        hit = np.zeros(n_pos, dtype=bool)
-        hit[pos] = True
-        hit &= self.alive
-        cand = np.flatnonzero(hit)
-        score = bonus[:, cand].sum(axis=0) + np.float32(floor.sum())
+        # sparse: one entry per (token, page) reached, never a dense [tokens, pages] array (1M pages)
+        _, first_entry = np.unique(tok * n_pos + pos, return_index=True)
+        cand, inv = np.unique(pos[first_entry], return_inverse=True)
+        score = np.bincount(inv, weights=vals[first_entry], minlength=len(cand)).astype(np.float32)
+        score += np.float32(floor.sum())
+        keep = self.alive[cand]
+        cand, score = cand[keep], score[keep]
         if len(cand) > n:
             top = np.argpartition(-score, n - 1)[:n]
             cand, score = cand[top], score[top]

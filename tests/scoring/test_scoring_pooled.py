@@ -342,3 +342,58 @@ def test_early_stop_keeps_going_while_prescores_reach_the_kth_score(tmp_path, rn
     q = normalise(rng.standard_normal((5, 16))).astype(np.float32)  # matches nothing in particular
     kw = dict(prefilter=r.prefilter, tokens=r.tokens, live_ids=live, k=10, candidates=399, ann=r.ann)
     assert rank.search(source, q, None, **kw) == rank.search(source, q, None, early_stop=False, **kw)
+
+
+class _RankedAnn:
+    """A token index whose ranking and pre-scores the test chooses (the interface rank.search uses)."""
+
+    def __init__(self, ids, pre):
+        self.ids, self.pre = np.asarray(ids, np.int64), np.asarray(pre, np.float32)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def candidates(self, query, n, *, per_token=0):
+        return self.ids[:n], self.pre[:n]
+
+
+class _RankedSingle:
+    """A single-vector prefilter returning a fixed ranking."""
+
+    def __init__(self, ids):
+        self.ids = np.asarray(ids, np.int64)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def search(self, query, k):
+        return self.ids[None, :k], np.zeros((1, min(k, len(self.ids))), np.float32)
+
+
+def test_other_generators_quota_first_pages_always_and_the_rest_by_prescore_bound(rng):
+    """The single generator's first QUOTA_ALWAYS pages are reranked whatever the token index says;
+    its later quota pages only when their pre-score bound reaches the k-th exact score."""
+    source = FakeSource()
+    fill(source, rng, 700)
+    live = source.live_page_ids()
+    q = normalise(rng.standard_normal((4, 16))).astype(np.float32)
+    exact = dict(rank.exhaustive(source, [q], live, len(live))[0])
+    by_score = sorted(exact, key=lambda p: -exact[p])
+    best, second = by_score[0], by_score[1]  # what only the single generator proposes
+    others = [p for p in by_score[2:]]
+    kth = exact[others[9]]
+    ann_ids = others[:400]  # the token index ranks neither best nor second
+
+    def run(pre_floor):
+        pre = np.linspace(kth + 5, pre_floor, len(ann_ids))  # pre-scores fall below the k-th score late
+        single = [p for p in others[400:]][: rank.QUOTA_ALWAYS] + [second]
+        single = single[: rank.QUOTA_ALWAYS - 1] + [best] + single[rank.QUOTA_ALWAYS - 1 :]
+        kw = dict(prefilter=_RankedSingle(single + others[500:]), tokens=None, live_ids=live, k=10,
+                  candidates=600, ann=_RankedAnn(ann_ids, pre), generators=("ann", "single"))
+        return [p for p, _ in rank.search(source, q, np.zeros(8, np.float32), **kw)]
+
+    hits = run(pre_floor=kth - 5)  # the ranking's lowest pre-score is under the k-th: bound says skip
+    assert best in hits  # a first-QUOTA_ALWAYS page of the single generator
+    assert second not in hits  # a later quota page, outside the token ranking, bounded by its last pre-score
+    hits = run(pre_floor=kth + 1)  # every ranked pre-score reaches the k-th: the bound lets it in
+    assert best in hits and second in hits

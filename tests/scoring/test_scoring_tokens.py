@@ -79,3 +79,57 @@ def test_round_trip_and_determinism(rng):
     np.testing.assert_array_equal(a[1], b[1])
     again = TokenIndex.train(np.concatenate(pages).astype(np.float32), 32, seed=0)
     np.testing.assert_array_equal(again.centroids, TokenIndex.train(np.concatenate(pages).astype(np.float32), 32, seed=0).centroids)
+
+
+def naive_prescores(index, query, ids, pages, nprobe):
+    """The module docstring's formula, page by page: sum over query tokens of
+    max(floor_t, max over probed centroids c the page uses of q_t . c)."""
+    sims = query @ index.centroids.T
+    probed = np.argsort(-sims, axis=1)[:, :nprobe]
+    out = {}
+    for pid, p in zip(ids, pages):
+        used = set(index.assign(p.astype(np.float32)).tolist())
+        if not any(c in used for row in probed for c in row):
+            continue  # reached by no probed list: not a candidate
+        total = 0.0
+        for t in range(len(query)):
+            floor = sims[t, probed[t]].min()
+            reach = [sims[t, c] for c in probed[t] if c in used]
+            total += max([floor] + reach)
+        out[int(pid)] = total
+    return out
+
+
+def test_candidates_are_the_documented_prescore_of_every_reached_page(rng):
+    index, pages = build(rng)
+    ids = np.arange(1, 61)
+    index.add(ids, pages)
+    index.remove(ids[:5])  # removed pages never come back
+    for _ in range(3):
+        query = random_page(rng, tokens=6)[1].astype(np.float32)
+        want = naive_prescores(index, query, ids[5:], pages[5:], nprobe=4)
+        got_ids, got_scores = index.candidates(query, 1000, nprobe=4)
+        assert set(got_ids.tolist()) == set(want)
+        for pid, sc in zip(got_ids, got_scores):
+            assert abs(sc - want[int(pid)]) < 1e-4
+        assert (np.diff(got_scores) <= 1e-6).all()  # best first
+        top_ids, _ = index.candidates(query, 7, nprobe=4)
+        assert list(top_ids) == list(got_ids[:7])
+
+
+def test_add_assigned_matches_add_and_rejects_foreign_ids(rng):
+    index, pages = build(rng)
+    ids = np.arange(1, 61)
+    other = TokenIndex(index.centroids)
+    index.add(ids, pages)
+    other.add_assigned(ids, [index.assign(p.astype(np.float32)) for p in pages])
+    assert lists_of(other) == lists_of(index)
+    query = random_page(rng, tokens=5)[1].astype(np.float32)
+    a, b = index.candidates(query, 20), other.candidates(query, 20)
+    assert np.array_equal(a[0], b[0]) and np.allclose(a[1], b[1])
+    try:
+        TokenIndex(index.centroids).add_assigned(ids[:1], [np.array([index.n_centroids])])
+    except ValueError as exc:
+        assert "centroid ids" in str(exc)
+    else:
+        raise AssertionError("an out-of-range centroid id was accepted")
