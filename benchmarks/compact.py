@@ -11,7 +11,7 @@ For each codec (indexer/codecs.py) and pool factor (indexer/token_pooling.py), o
 - pooling time per page, encode speed (pages/s), scoring a 250-page shortlist with both paths of
   scoring/coded_maxsim.py (median ms per query), training time and its traced peak memory.
 
-Residual codecs share one k-means codebook per set (trained on a streamed reservoir sample of the
+Residual and pq codecs share one k-means codebook per set (trained on a streamed reservoir sample of the
 unpooled tokens); the buckets are refitted per pool factor on a sample of the pooled tokens, which
 is ``ResidualCodec.train(sample, centroids=...)``, the codec's cheap "extend" step. At pool factor 1
 the residual codecs also run without renormalisation ("raw" rows): the only kind the asymmetric
@@ -185,9 +185,9 @@ def run_set(data: Data, args) -> dict:
         n_tokens = sum(len(p) for p in pooled)
         variants = [(name, False) for name in codecs]
         if pf == 1 and args.raw:  # the residual codecs without renormalisation, which the asymmetric path needs
-            variants += [(n, True) for n in codecs if n.startswith("residual")]
+            variants += [(n, True) for n in codecs if n.startswith(("residual", "pq-"))]
         for name, raw in variants:
-            residual = name.startswith("residual")
+            residual = name.startswith(("residual", "pq-"))  # centroid codecs: share the set's k-means codebook
             codec = make_codec(name, renormalise=not raw) if residual else make_codec(name)
             train = (lambda: codec.train(pooled_sample, centroids=kmeans.centroids)) if residual else (lambda: codec.train(pooled_sample[:1]))
             _, train_s, train_peak = traced(train)
@@ -207,7 +207,7 @@ def run_set(data: Data, args) -> dict:
                 "bucket_fit_s": train_s, "train_traced_peak_mib": train_peak / 2**20,
                 "relative_error": codec.training[2],
             }
-            asym = name == "int8" or raw
+            asym = name == "int8" or raw and name.startswith("residual")  # pq has no asymmetric path
             ms = shortlist_ms(codec, codes, data.queries, ["decode"] + (["asymmetric"] if asym else []))
             row["decode_ms"], row["asymmetric_ms"] = ms["decode"], ms.get("asymmetric")
             result["rows"].append(row)

@@ -120,16 +120,8 @@ def build_index(ds: RealSet, folder: Path, rebuild: bool = False):
         return pagelens.Index.open(folder), np.load(folder / "realtext-page-ids.npy"), built
     shutil.rmtree(folder, ignore_errors=True)
     index = pagelens.Index.create(folder, single_dim=ds.single.shape[1], multi_dim=ds.multi.shape[1])
-    page_ids = np.zeros(ds.n_pages, np.int64)
     t0 = time.perf_counter()
-    start = 0
-    while start < ds.n_pages:
-        stop = start + 1
-        while stop < ds.n_pages and ds.docs[stop] == ds.docs[start]:
-            stop += 1
-        pages = [pagelens.Embedding(single=ds.single[i], multi=np.asarray(ds.page(i))) for i in range(start, stop)]
-        page_ids[start:stop] = index.add_embeddings(f"realtext://{ds.docs[start]}", pages)
-        start = stop
+    page_ids = add_set(index, ds)
     add_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     index.sync()
@@ -139,6 +131,22 @@ def build_index(ds: RealSet, folder: Path, rebuild: bool = False):
     built = {**stamp, "add_s": add_s, "sync_s": sync_s, "documents": len(set(ds.docs))}
     stamp_path.write_text(json.dumps(built))
     return pagelens.Index.open(folder), page_ids, built
+
+
+def add_set(index, ds: RealSet) -> np.ndarray:
+    """Add every page of the set to ``index``, one document per PDF; the page id of every row."""
+    import pagelens
+
+    page_ids = np.zeros(ds.n_pages, np.int64)
+    start = 0
+    while start < ds.n_pages:
+        stop = start + 1
+        while stop < ds.n_pages and ds.docs[stop] == ds.docs[start]:
+            stop += 1
+        pages = [pagelens.Embedding(single=ds.single[i], multi=np.asarray(ds.page(i))) for i in range(start, stop)]
+        page_ids[start:stop] = index.add_embeddings(f"realtext://{ds.docs[start]}", pages)
+        start = stop
+    return page_ids
 
 
 def embeddings(ds: RealSet):

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from indexer.shards import Appender, fsync_dir, map_rows, shard_codec_version, shard_file_name
+from indexer.shards import Appender, fsync_dir, is_half_single, map_rows, shard_codec_version, shard_file_name
 
 if TYPE_CHECKING:
     from indexer.store import Store
@@ -38,6 +38,9 @@ class StoreStats:
     pool_factor: int = 1
     bytes_per_page: dict = field(default_factory=dict)  # multi_vectors, single_vectors, derived, catalogue
     raw_pages: int = 0  # pages still stored fp16 although the index names a codec (not trained yet)
+    single_width: int = 0  # values per stored single vector (docs/index-format.md, "Single vectors")
+    single_precision: str = "fp32"
+    single_pages_not_yet_converted: int = 0  # single vectors an interrupted recompress has not reached
 
 
 def compact_store(store: "Store") -> int:
@@ -46,8 +49,10 @@ def compact_store(store: "Store") -> int:
     old = store.shards()
     before = sum(_size(path) for _sid, _kind, path, _rows in old)
     # rows keep their layout: raw float16 rows go to a raw shard, rows of codec state V to a
-    # ``.c<V>`` shard (a store may hold both while a codec waits for training)
-    layout = {sid: (kind, shard_codec_version(os.path.basename(path))) for sid, kind, path, _rows in old}
+    # ``.c<V>`` shard (a store may hold both while a codec waits for training); float32 and float16
+    # single rows to their own kinds of shard (both exist while a single conversion is under way)
+    layout = {sid: (kind, shard_codec_version(os.path.basename(path)), is_half_single(os.path.basename(path)))
+              for sid, kind, path, _rows in old}
     maps = {}
     for sid, kind, path, rows in old:
         dtype, width = store.shard_layout(kind, os.path.basename(path))
@@ -55,18 +60,19 @@ def compact_store(store: "Store") -> int:
     locations = store.page_locations()
     groups = {layout[m] for _p, m, *_r in locations if m in layout} | {layout[s] for *_r, s, _row in locations
                                                                         if s in layout}
-    if not any(kind == "multi" for kind, _v in groups):
-        groups.add(("multi", None))
-    if not any(kind == "single" for kind, _v in groups):
-        groups.add(("single", None))
-    order = sorted(groups, key=lambda g: (g[0] != "multi", g[1] or 0))  # fp16 index: multi then single, as before
+    if not any(kind == "multi" for kind, _v, _h in groups):
+        groups.add(("multi", None, False))
+    if not any(kind == "single" for kind, _v, _h in groups):
+        groups.add(("single", None, store.single_precision == "fp16"))
+    order = sorted(groups, key=lambda g: (g[0] != "multi", g[1] or 0, g[2]))  # fp16 index: multi then single, as before
     next_id = store.next_shard_id()
     new_ids = {group: next_id + i for i, group in enumerate(order)}
     apps = {}
-    for (kind, version), sid in new_ids.items():
-        name = shard_file_name(kind, sid, version)
+    for (kind, version, half), sid in new_ids.items():
+        name = shard_file_name(kind, sid, version, half=half)
         dtype, width = store.shard_layout(kind, name)
-        apps[(kind, version)] = Appender(store.shard_path(sid, kind, name), kind, width, 0, shard_id=sid, dtype=dtype)
+        apps[(kind, version, half)] = Appender(store.shard_path(sid, kind, name), kind, width, 0, shard_id=sid,
+                                               dtype=dtype)
     try:
         moved_multi: dict[tuple[int, int], int] = {}
         moved_single: dict[tuple[int, int], int] = {}

@@ -13,9 +13,11 @@ from indexer.shards import check_regular_or_absent, open_nofollow
 from indexer.sources import display_path
 
 FORMAT_NAME = "pagelens-index"
-FORMAT_VERSION = 2  # 2: multi-vectors may be stored coded or pooled (docs/index-format.md, "Compression")
+FORMAT_VERSION = 3  # 3: single vectors may be stored narrower (Matryoshka) or in fp16 (docs/index-format.md)
+CODEC_FORMAT_VERSION = 2  # 2: multi-vectors may be stored coded or pooled (docs/index-format.md, "Compression")
 PLAIN_FORMAT_VERSION = 1  # an fp16, unpooled index is still written as version 1: older pagelens reads it
-COMPRESSIONS = ("fp16", "int8", "residual-1", "residual-2", "residual-4")  # indexer.codecs.CODECS
+SINGLE_PRECISIONS = ("fp32", "fp16")  # how single vectors are stored (indexer.single_store)
+COMPRESSIONS = ("fp16", "int8", "residual-1", "residual-2", "residual-4", "pq-16", "pq-32")  # indexer.codecs.CODECS
 MAX_POOL_FACTOR = 64
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = "writer.lock"
@@ -76,19 +78,42 @@ def read_manifest(directory: str) -> dict:
     if not _is_int(pool_factor) or not 1 <= pool_factor <= MAX_POOL_FACTOR:
         raise CorruptIndexError(f"{MANIFEST_NAME} has an invalid pool_factor ({str(pool_factor)[:40]!r})",
                                 f"it must be an integer 1..{MAX_POOL_FACTOR}; restore the file from a backup")
-    if version < FORMAT_VERSION and (compression, pool_factor) != ("fp16", 1):
+    if version < CODEC_FORMAT_VERSION and (compression, pool_factor) != ("fp16", 1):
         raise CorruptIndexError(f"{MANIFEST_NAME} is format version {version} but names compression {compression} "
-                                f"with pool factor {pool_factor}, which need version {FORMAT_VERSION}",
+                                f"with pool factor {pool_factor}, which need version {CODEC_FORMAT_VERSION}",
                                 "restore it from a backup")
+    _check_single_settings(manifest, version)
     if "index_id" in manifest and not (isinstance(manifest["index_id"], str) and len(manifest["index_id"]) <= 64):
         raise CorruptIndexError(f"{MANIFEST_NAME} has an invalid index_id", "restore it from a backup")
     return manifest
 
 
-def format_version_for(compression: str, pool_factor: int) -> int:
+def _check_single_settings(manifest: dict, version: int) -> None:
+    """``single_width`` (absent: the full ``single_dim``) and ``single_precision`` (absent: fp32)
+    are data like everything else in the file: an integer 1..single_dim and a known name."""
+    width = manifest.get("single_width", manifest["single_dim"])
+    precision = manifest.get("single_precision", "fp32")
+    if not _is_int(width) or not 1 <= width <= manifest["single_dim"]:
+        raise CorruptIndexError(f"{MANIFEST_NAME} has an invalid single_width ({str(width)[:40]!r})",
+                                f"it must be an integer 1..single_dim ({manifest['single_dim']}); restore the file "
+                                "from a backup")
+    if not isinstance(precision, str) or precision not in SINGLE_PRECISIONS:
+        raise CorruptIndexError(f"{MANIFEST_NAME} names an unknown single_precision {str(precision)[:40]!r}",
+                                f"this pagelens knows {', '.join(SINGLE_PRECISIONS)}; restore the file from a backup "
+                                "or upgrade pagelens")
+    if version < FORMAT_VERSION and (width, precision) != (manifest["single_dim"], "fp32"):
+        raise CorruptIndexError(f"{MANIFEST_NAME} is format version {version} but stores single vectors at width "
+                                f"{width} in {precision}, which need version {FORMAT_VERSION}",
+                                "restore it from a backup")
+
+
+def format_version_for(compression: str, pool_factor: int, *, single_narrowed: bool = False) -> int:
     """The lowest format version that describes an index stored this way (older readers refuse
-    coded shards they cannot read by the version, not by a confusing error)."""
-    return PLAIN_FORMAT_VERSION if (compression, pool_factor) == ("fp16", 1) else FORMAT_VERSION
+    coded shards, or single vectors narrower or in fp16, by the version, not by a confusing error).
+    ``single_narrowed``: single vectors are not stored fp32 at the full width."""
+    if single_narrowed:
+        return FORMAT_VERSION
+    return PLAIN_FORMAT_VERSION if (compression, pool_factor) == ("fp16", 1) else CODEC_FORMAT_VERSION
 
 
 def _is_int(value) -> bool:

@@ -1,8 +1,8 @@
 """Append-only vector shard files, read through memory maps, and durable-write helpers.
 
 A shard is a headerless file of fixed-size rows: ``multi`` shards hold float16 rows of
-``multi_dim`` values (one row per token), ``single`` shards hold float32 rows of ``single_dim``
-values (one row per page). How many rows are committed lives in the catalogue (the watermark);
+``multi_dim`` values (one row per token), ``single`` shards hold float32 (``.f32``) or float16
+(``.f16``) rows of the index's stored single width (one row per page). How many rows are committed lives in the catalogue (the watermark);
 anything past it is a torn tail from an interrupted write and is cut on the next writable open.
 """
 
@@ -25,19 +25,26 @@ KINDS = tuple(DTYPES)
 # match (an absolute path, "../x", a link) means the index is corrupt or hostile, never a path to use.
 # ``multi-N.f16`` holds raw float16 tokens (the format since version 1); ``multi-N.c<V>`` holds
 # records of codec state V (``codec-v<V>.npz``: a indexer.codecs codec plus a pool factor).
+# ``single-N.f32`` holds float32 page vectors (the format since version 1), ``single-N.f16`` float16
+# ones (format version 3); their width is the manifest's (``Store.shard_layout``), never the file's.
 SHARD_NAME = re.compile(r"\A(multi|single)-(\d{6,19})\.(f16|f32|c[1-9]\d{0,5})\Z")
 MAX_CODEC_VERSION = 999999
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _REPAIR_HINT = "restore the index directory from a backup, or rebuild it by indexing into a new --index folder"
 
 
-def shard_file_name(kind: str, shard_id: int, codec_version: int | None = None) -> str:
-    """The format's name of a shard; ``codec_version`` (multi shards only) names coded rows."""
+def shard_file_name(kind: str, shard_id: int, codec_version: int | None = None, *, half: bool = False) -> str:
+    """The format's name of a shard; ``codec_version`` (multi shards only) names coded rows,
+    ``half`` (single shards only) float16 page vectors."""
     if codec_version is not None:
         if kind != "multi" or not 1 <= int(codec_version) <= MAX_CODEC_VERSION:
             raise ValueError(f"no coded {kind} shard of codec version {codec_version!r}")
         return f"{kind}-{shard_id:06d}.c{int(codec_version)}"
-    return f"{kind}-{shard_id:06d}.{'f16' if kind == 'multi' else 'f32'}"
+    if kind == "single":
+        return f"{kind}-{shard_id:06d}.{'f16' if half else 'f32'}"
+    if half:
+        raise ValueError("multi shards are float16 already: no half variant")
+    return f"{kind}-{shard_id:06d}.f16"
 
 
 def parse_shard_name(name: str) -> tuple[str, int] | None:
@@ -46,7 +53,7 @@ def parse_shard_name(name: str) -> tuple[str, int] | None:
     if m is None:
         return None
     ext = m.group(3)
-    if m.group(1) == "multi" and ext == "f32" or m.group(1) == "single" and ext != "f32":
+    if m.group(1) == "multi" and ext == "f32" or m.group(1) == "single" and ext not in ("f32", "f16"):
         return None
     return m.group(1), int(m.group(2))
 
@@ -60,12 +67,19 @@ def shard_codec_version(name: str) -> int | None:
     return int(m.group(3)[1:])
 
 
+def is_half_single(name: str) -> bool:
+    """Whether a well-formed shard name is a float16 single shard (``single-N.f16``)."""
+    m = SHARD_NAME.match(name) if isinstance(name, str) else None
+    return m is not None and m.group(1) == "single" and m.group(3) == "f16"
+
+
 def checked_shard_path(shard_dir: str, shard_id, kind, name) -> str:
     """The path of a shard the catalogue names, after checking that the row is well-formed:
     ``name`` must be exactly the format's name for (kind, id), and the file, if present, a regular
     file (not a link) directly inside ``shard_dir``. Raises CorruptIndexError otherwise."""
     ok = (isinstance(shard_id, int) and not isinstance(shard_id, bool) and shard_id > 0 and kind in KINDS
-          and isinstance(name, str) and name == shard_file_name(kind, shard_id, shard_codec_version(name)))
+          and isinstance(name, str)
+          and name == shard_file_name(kind, shard_id, shard_codec_version(name), half=is_half_single(name)))
     if not ok:
         raise CorruptIndexError(
             f"the catalogue names a shard file {name!r} ({kind!r}, id {shard_id!r}) that is not a pagelens shard name",

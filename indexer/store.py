@@ -30,10 +30,11 @@ from indexer.manifest import (
 )
 from indexer.shards import (
     DTYPES, SHARD_DIR, Appender, atomic_write_json, check_real_directory, check_regular_or_absent,
-    checked_shard_path, cut_torn_tail, fsync_dir, map_rows, page_crc, parse_shard_name, row_bytes,
+    checked_shard_path, cut_torn_tail, fsync_dir, is_half_single, map_rows, page_crc, parse_shard_name, row_bytes,
     shard_codec_version, shard_file_name,
 )
 from indexer.codecs import make_codec
+from indexer import single_store
 from indexer.snapshot import Snapshot, load_snapshot
 from indexer.sources import SourceFile, absolute, display_path, path_key, read_source
 from indexer.writer import DocumentWriter, as_embedding
@@ -85,6 +86,11 @@ class RecompressResult:
     pages_converted: int
     bytes_before: int  # multi-vector shard bytes
     bytes_after: int
+    single_width: int | None = None  # how single vectors are stored after it
+    single_precision: str | None = None
+    single_pages_converted: int = 0
+    single_bytes_before: int = 0  # single-vector shard bytes
+    single_bytes_after: int = 0
 
 
 @dataclass(frozen=True)
@@ -136,6 +142,9 @@ class Store:
         self.directory, self.writable = directory, writable
         self._manifest, self._db, self._lock_fd = manifest, db, lock_fd
         self.single_dim, self.multi_dim = int(manifest["single_dim"]), int(manifest["multi_dim"])
+        # how single vectors are stored (docs/index-format.md, "Single vectors"); absent: fp32, full width
+        self.single_width = int(manifest.get("single_width", self.single_dim))
+        self.single_precision = manifest.get("single_precision", "fp32")
         self._snap: Snapshot | None = None
         self._data_version: int | None = None
         self._apps: dict[str, Appender] = {}
@@ -148,12 +157,17 @@ class Store:
 
     @classmethod
     def create(cls, directory, *, identity: dict | None, single_dim: int, multi_dim: int,
-               settings: dict | None = None, compression: str = "fp16", pool_factor: int = 1) -> "Store":
+               settings: dict | None = None, compression: str = "fp16", pool_factor: int = 1,
+               single_width: int | None = None, single_precision: str = "fp32") -> "Store":
         """A new, empty index. ``identity`` None makes a bring-your-own-embeddings index (no model).
         ``settings`` (JSON) are kept in the manifest for the layers above, e.g. the search width.
         ``compression`` (a ``indexer.codecs`` name) and ``pool_factor`` say how token vectors are
-        stored; both are fixed here (``recompress`` converts an fp16 index later)."""
+        stored; ``single_width`` (default: ``single_dim``) and ``single_precision`` ("fp32", "fp16")
+        how page vectors are (truncated to that Matryoshka width and renormalised when written).
+        All fixed here (``recompress`` converts later)."""
         compression, pool_factor = check_compression(compression, pool_factor)
+        single_width, single_precision = single_store.check_single_settings(single_width, single_precision,
+                                                                           int(single_dim))
         if compression != "fp16":
             make_codec(compression, int(multi_dim))  # the width must suit the codec: fail before writing
         directory = absolute(directory)
@@ -178,10 +192,14 @@ class Store:
                 os.makedirs(os.path.join(directory, sub), exist_ok=True)
             db = cat.connect(os.path.join(directory, cat.CATALOGUE_NAME), writable=True)
             cat.migrate(db)
-            manifest = {"format": FORMAT_NAME, "format_version": format_version_for(compression, pool_factor),
+            narrowed = (single_width, single_precision) != (int(single_dim), "fp32")
+            manifest = {"format": FORMAT_NAME,
+                        "format_version": format_version_for(compression, pool_factor, single_narrowed=narrowed),
                         "identity": identity, "single_dim": int(single_dim), "multi_dim": int(multi_dim),
                         "created_at": time.time(), "settings": dict(settings or {}),
                         "index_id": secrets.token_hex(16), "compression": compression, "pool_factor": pool_factor}
+            if narrowed:  # the default keeps the manifest of before (absent means fp32, full width)
+                manifest.update(single_width=single_width, single_precision=single_precision)
             with cat.transaction(db):
                 for key in ("identity", "single_dim", "multi_dim", "format_version", "index_id"):
                     cat.set_meta(db, key, json.dumps(manifest[key]))
@@ -332,7 +350,10 @@ class Store:
         return state
 
     def shard_layout(self, kind: str, name: str) -> tuple[np.dtype, int]:
-        """(dtype, values per row) of a shard's rows: raw float16/float32, or uint8 codec records."""
+        """(dtype, values per row) of a shard's rows: raw float16/float32, or uint8 codec records;
+        single shards by the index's single-vector settings (``indexer.single_store.shard_layout``)."""
+        if kind == "single":
+            return single_store.shard_layout(name, self.single_dim, self.single_width, self.single_precision)
         version = shard_codec_version(name)
         if version is None:
             return DTYPES[kind], self.dim(kind)
@@ -403,8 +424,63 @@ class Store:
         """float16 [n_tokens, multi_dim] of a raw multi shard (committed rows only)."""
         return self._committed_map(shard_id, "multi")[offset:offset + n_tokens]
 
+    def stored_multi_rows(self, shard_id: int, offset: int, n_tokens: int) -> np.ndarray:
+        """A page's token rows exactly as stored (float16, or uint8 codec records): what its checksum covers."""
+        return self._committed_map(shard_id, "multi")[offset:offset + n_tokens]
+
     def single_row(self, shard_id: int, row: int) -> np.ndarray:
+        """A stored single row as stored (float32 or float16, the width of its shard's layout)."""
         return self._committed_map(shard_id, "single")[row]
+
+    # --- single vectors: width and precision (indexer/single_store.py) ----------------------------
+
+    def encode_single(self, vectors: np.ndarray) -> np.ndarray:
+        """The rows to store for single vectors [n, single_dim] (or already [n, single_width]):
+        truncated to the index's width, renormalised and cast to its precision (full-width fp32
+        rows are stored exactly as given)."""
+        return single_store.stored_rows(vectors, self.single_dim, self.single_width, self.single_precision)
+
+    def _single_is_target(self, name: str) -> bool:
+        return is_half_single(name) == (self.single_precision == "fp16")
+
+    def single_rows_to_convert(self) -> list[tuple[tuple[int, int], list[tuple[int, int, int, int]]]]:
+        """Stored single rows not in the index's single layout (an interrupted or pending conversion):
+        [((single_shard, single_row), [(page_id, multi_shard, multi_offset, n_tokens), ...])], one
+        entry per stored row (copies share theirs)."""
+        old = [sid for sid, kind, name, _c in cat.shard_rows(self._db) if kind == "single"
+               and not self._single_is_target(name)]
+        groups: dict[tuple[int, int], list] = {}
+        for sid in old:
+            for page_id, row, m_shard, m_off, n in self._db.execute(
+                    "SELECT page_id, single_row, multi_shard, multi_offset, n_tokens FROM pages"
+                    " WHERE single_shard = ? ORDER BY single_row, page_id", (sid,)):
+                groups.setdefault((sid, row), []).append((page_id, m_shard, m_off, n))
+        return list(groups.items())
+
+    def single_appender(self) -> Appender:
+        """An appender on the newest single shard of the index's layout (a new one when it is full)."""
+        self.require_writable()
+        if self._writer_open:
+            raise RuntimeError("a document writer is open")
+        return self._appender("single", None)
+
+    def move_single_rows(self, appender: Appender, updates: list) -> None:
+        """One transaction: pages (single_shard, single_row, crc32, page_id) now read their single
+        vector there, and the shard's watermark moves."""
+        self.require_writable()
+        with cat.transaction(self._db) as db:
+            db.executemany("UPDATE pages SET single_shard = ?, single_row = ?, crc32 = ? WHERE page_id = ?", updates)
+            cat.set_watermark(db, appender.shard_id, appender.rows)
+        self._snap = None
+
+    def drop_unused_single_shards(self) -> int:
+        """Drop single shards of the old layout no page uses (after a conversion); returns bytes freed."""
+        self.require_writable()
+        self.close_appenders()
+        unused = [sid for sid, kind, name, _c in cat.shard_rows(self._db)
+                  if kind == "single" and not self._single_is_target(name)
+                  and self._db.execute("SELECT 1 FROM pages WHERE single_shard = ? LIMIT 1", (sid,)).fetchone() is None]
+        return self._drop_shards(unused)
 
     def _committed_map(self, shard_id: int, kind: str) -> np.ndarray:
         found = self._db.execute("SELECT kind, file, committed_rows FROM shards WHERE id = ?", (shard_id,)).fetchone()
@@ -442,11 +518,16 @@ class Store:
         unused = [(sid, name) for sid, kind, name, _c in cat.shard_rows(self._db)
                   if kind == "multi" and shard_codec_version(name) is None
                   and self._db.execute("SELECT 1 FROM pages WHERE multi_shard = ? LIMIT 1", (sid,)).fetchone() is None]
-        if not unused:
+        return self._drop_shards([sid for sid, _name in unused])
+
+    def _drop_shards(self, ids: list[int]) -> int:
+        """Delete shard rows no page uses, then (after the commit) their files."""
+        if not ids:
             return 0
-        paths = [self.shard_path(sid, "multi", name) for sid, name in unused]
+        names = {sid: (kind, name) for sid, kind, name, _c in cat.shard_rows(self._db)}
+        paths = [self.shard_path(sid, *names[sid]) for sid in ids]
         with cat.transaction(self._db) as db:
-            db.executemany("DELETE FROM shards WHERE id = ?", [(sid,) for sid, _n in unused])
+            db.executemany("DELETE FROM shards WHERE id = ?", [(sid,) for sid in ids])
         self._raw_maps.clear()
         self._snap = None
         freed = 0
@@ -459,15 +540,25 @@ class Store:
         fsync_dir(os.path.join(self.directory, SHARD_DIR))
         return freed
 
-    def _set_compression(self, compression: str, pool_factor: int) -> None:
+    def _set_compression(self, compression: str, pool_factor: int,
+                         single: tuple[int, str] | None = None) -> None:
+        """Rewrite the manifest with these storage settings (``single``: (width, precision), default
+        the index's own) and the lowest format version that describes them."""
+        width, precision = single or (self.single_width, self.single_precision)
+        narrowed = (width, precision) != (self.single_dim, "fp32")
         manifest = dict(self._manifest, compression=compression, pool_factor=pool_factor,
-                        format_version=format_version_for(compression, pool_factor))
+                        format_version=format_version_for(compression, pool_factor, single_narrowed=narrowed))
+        if narrowed:
+            manifest.update(single_width=width, single_precision=precision)
         if manifest == self._manifest:
             return
         atomic_write_json(os.path.join(self.directory, MANIFEST_NAME), manifest)
         with cat.transaction(self._db) as db:
             cat.set_meta(db, "format_version", json.dumps(manifest["format_version"]))
         self._manifest = manifest
+        self.single_width, self.single_precision = width, precision
+        self._raw_maps.clear()
+        self._snap = None
 
     def _coded_states_in_use(self) -> set[tuple[str, int]]:
         versions = {shard_codec_version(name) for sid, kind, name, _c in cat.shard_rows(self._db)
@@ -475,16 +566,24 @@ class Store:
                                                             (sid,)).fetchone() is not None}
         return {(self.codec_state(v).name, self.codec_state(v).pool_factor) for v in versions if v is not None}
 
-    def recompress(self, compression: str, pool_factor: int | None = None, *, progress=None) -> RecompressResult:
+    def recompress(self, compression: str | None = None, pool_factor: int | None = None, *,
+                   single_width: int | None = None, single_precision: str | None = None,
+                   progress=None) -> RecompressResult:
         """Convert the stored float16 token vectors in place to ``compression`` (pooled by
-        ``pool_factor``, default: the index's), from the stored vectors alone. Resumable: after a
-        kill the same call finishes it. Coded vectors cannot be converted back or to another codec
-        (their float16 originals are gone): ValueError saying so. ``progress(stage, done, total)``."""
+        ``pool_factor``, default: the index's), and/or the full-width fp32 single vectors to
+        ``single_width`` / ``single_precision`` ("fp16"), from the stored vectors alone; what is
+        not named stays as it is. Resumable: after a kill the same call finishes it. Coded vectors
+        cannot be converted back or to another codec (their float16 originals are gone), nor single
+        vectors widened or converted again once narrowed or fp16: ValueError saying so.
+        ``progress(stage, done, total)``."""
         self.require_writable()
-        compression, pool_factor = check_compression(compression, self.pool_factor if pool_factor is None
-                                                     else pool_factor)
+        multi_asked = compression is not None or pool_factor is not None
+        if not multi_asked and single_width is None and single_precision is None:
+            raise ValueError("nothing to convert: name a compression, or single_width / single_precision")
+        compression, pool_factor = check_compression(self.compression if compression is None else compression,
+                                                     self.pool_factor if pool_factor is None else pool_factor)
         target = (compression, pool_factor)
-        coded = self._coded_states_in_use()
+        coded = self._coded_states_in_use() if multi_asked else set()
         if coded and coded != {target}:
             have = ", ".join(f"{n} (pool factor {p})" for n, p in sorted(coded))
             raise ValueError(
@@ -494,18 +593,28 @@ class Store:
             )
         if compression != "fp16":
             make_codec(compression, self.multi_dim)  # refuse an unsuitable width before changing anything
-        before = self._multi_bytes()
-        self._set_compression(compression, pool_factor)  # first: new pages follow the target from now on
-        state = self._write_state()
-        if state is None and target != ("fp16", 1) and self.raw_page_groups():  # a codec to train on the pages
-            codec = codec_store.train_codec(self, compression, pool_factor, progress=progress)
-            state = self._install_codec(codec, pool_factor)
+        single = single_store.check_single_settings(
+            self.single_width if single_width is None else single_width,
+            self.single_precision if single_precision is None else single_precision, self.single_dim)
+        single_store.check_conversion((self.single_width, self.single_precision), single, self.single_dim)
+        before, single_before = self._multi_bytes(), self._single_bytes()
+        self._set_compression(compression, pool_factor, single)  # first: new pages follow the target from now on
         moved = 0
-        if state is not None:
-            self.close_appenders()
-            moved = codec_store.convert_raw_pages(self, state, progress=progress)
+        if multi_asked:
+            state = self._write_state()
+            if state is None and target != ("fp16", 1) and self.raw_page_groups():  # a codec to train on the pages
+                codec = codec_store.train_codec(self, compression, pool_factor, progress=progress)
+                state = self._install_codec(codec, pool_factor)
+            if state is not None:
+                self.close_appenders()
+                moved = codec_store.convert_raw_pages(self, state, progress=progress)
+        self.close_appenders()
+        single_moved = single_store.convert_single_rows(self, progress=progress)  # also finishes an interrupted one
         self._raw_maps.clear()
-        return RecompressResult(compression, pool_factor, moved, before, self._multi_bytes())
+        return RecompressResult(compression, pool_factor, moved, before, self._multi_bytes(),
+                                single_width=self.single_width, single_precision=self.single_precision,
+                                single_pages_converted=single_moved, single_bytes_before=single_before,
+                                single_bytes_after=self._single_bytes())
 
     train_min_tokens = 1 << 16  # a residual codec index trains at the end of a run once this many tokens are in
 
@@ -533,6 +642,9 @@ class Store:
     def _multi_bytes(self) -> int:
         return sum(_size(path) for _sid, kind, path, _r in self.shards() if kind == "multi")
 
+    def _single_bytes(self) -> int:
+        return sum(_size(path) for _sid, kind, path, _r in self.shards() if kind == "single")
+
     # --- VectorSource (read side) ----------------------------------------------------------------
 
     def _snapshot(self) -> Snapshot:
@@ -558,21 +670,58 @@ class Store:
         return self._snapshot().page_ids.copy()
 
     def single_vectors(self, page_ids) -> np.ndarray:
+        """float32 [len(page_ids), single_width]: the stored single vectors (fp16 ones widened to
+        float32; full-width rows an interrupted conversion has not reached truncated and renormalised,
+        as they will be stored)."""
         snap = self._snapshot()
         pos = snap.positions(page_ids)
-        out = np.empty((len(pos), self.single_dim), dtype=np.float32)
+        out = np.empty((len(pos), self.single_width), dtype=np.float32)
         for i, p in enumerate(pos):
-            out[i] = snap.single(p)
+            row = snap.single(p)
+            out[i] = row if row.shape[-1] == self.single_width else single_store.matryoshka(row, self.single_width)
         return out
 
     def multi_vectors(self, page_ids) -> list[np.ndarray]:
-        """float16 [n_tokens, multi_dim] per page: as stored, or decoded from the stored codes."""
+        """[n_tokens, multi_dim] per page: float16 as stored, or float32 decoded from the stored codes."""
         snap = self._snapshot()
-        out = []
-        for p in snap.positions(page_ids):
-            rows, version = snap.multi(p), snap.codec_version(p)
-            out.append(rows if version is None else self.codec_state(version).decode(rows))
+        pos = snap.positions(page_ids)
+        out: list = [None] * len(pos)
+        coded: dict[int, list[int]] = {}
+        for i, p in enumerate(pos):
+            version = snap.codec_version(p)
+            if version is None:
+                out[i] = snap.multi(p)
+            else:
+                coded.setdefault(version, []).append(i)
+        for version, items in coded.items():
+            # one decode per codec state for the whole batch: per-page calls cost a search 5x the
+            # decoding itself (a 200-page shortlist of pq-16 pages, benchmarks/compact_search.py)
+            rows = [snap.multi(pos[i]) for i in items]
+            flat = self.codec_state(version).decode(np.concatenate(rows) if len(rows) > 1 else rows[0])
+            for i, part in zip(items, np.split(flat, np.cumsum([len(r) for r in rows])[:-1])):
+                out[i] = part
         return out
+
+    def token_codebook(self) -> tuple[int, np.ndarray] | None:
+        """(codec version, centroids float32 [C, multi_dim]) of the codec new pages are stored with,
+        when its records begin with a centroid id (residual-b, pq-M); None otherwise (fp16, int8, or
+        a codec not trained yet). Search builds its token lists over these centroids from the stored
+        ids (``coarse_ids``) instead of a second copy of every token vector."""
+        version = self._meta_codec_version()
+        if version is None:
+            return None
+        codec = self.codec_state(version).codec
+        if getattr(codec, "centroids", None) is None or not hasattr(codec, "centroid_ids"):
+            return None
+        return version, codec.centroids
+
+    def coarse_ids(self, page_ids, version: int) -> list[np.ndarray | None]:
+        """Per page id, in order: its stored token rows' centroid ids (int64) where the rows are
+        codes of codec ``version``, else None (raw float16 rows, or another codec state)."""
+        snap = self._snapshot()
+        codec = self.codec_state(int(version)).codec
+        return [codec.centroid_ids(snap.multi(p)).astype(np.int64) if snap.codec_version(p) == version else None
+                for p in snap.positions(page_ids)]
 
     def pages_info(self, page_ids) -> list[tuple[str, int]]:
         """(document path, page number) for each page id, in order."""
@@ -684,20 +833,25 @@ class Store:
         """The appender of the newest shard of ``kind`` whose rows are of ``state`` (None: raw),
         starting a new shard when there is none or it is full."""
         version = None if state is None else state.version
+        half = kind == "single" and self.single_precision == "fp16"  # single rows: the index's precision
         row = None
         for found in self._db.execute("SELECT id, file, committed_rows FROM shards WHERE kind = ? ORDER BY id DESC",
                                       (kind,)):
-            if shard_codec_version(found[1]) == version:
+            if shard_codec_version(found[1]) == version and is_half_single(found[1]) == half:
                 row = found
                 break
-        dtype, width = (DTYPES[kind], self.dim(kind)) if state is None else (np.dtype(np.uint8), state.bytes_per_token)
+        if state is not None:
+            dtype, width = np.dtype(np.uint8), state.bytes_per_token
+        else:
+            dtype, width = self.shard_layout(kind, shard_file_name(kind, 1, half=half))
         if row is not None and row[2] * row_bytes(kind, width, dtype) >= self.shard_max_bytes:
             row = None
         if row is None:
             with cat.transaction(self._db):
                 sid = self._db.execute("INSERT INTO shards (kind, file) VALUES (?, '')", (kind,)).lastrowid
-                self._db.execute("UPDATE shards SET file = ? WHERE id = ?", (shard_file_name(kind, sid, version), sid))
-            row = (sid, shard_file_name(kind, sid, version), 0)
+                self._db.execute("UPDATE shards SET file = ? WHERE id = ?",
+                                 (shard_file_name(kind, sid, version, half=half), sid))
+            row = (sid, shard_file_name(kind, sid, version, half=half), 0)
         app = self._apps.get(kind)
         if app is None or app.shard_id != row[0]:
             if app is not None:
@@ -764,14 +918,15 @@ class Store:
         return cat.next_shard_id(self._db)
 
     def swap_shards(self, new_shards: dict[str, tuple[int, int]], updates: list, old_ids: list[int]) -> None:
-        """Compaction's commit: add the new shards {kind or (kind, codec version): (id, rows)}, point pages at their new places
+        """Compaction's commit: add the new shards {kind, (kind, codec version) or (kind, codec version,
+        half): (id, rows)} (``half``: float16 single rows), point pages at their new places
         (multi_shard, multi_offset, single_shard, single_row, page_id), drop the old shard rows."""
         self.require_writable()
         with cat.transaction(self._db) as db:
             for key, (sid, rows) in new_shards.items():
-                kind, version = key if isinstance(key, tuple) else (key, None)  # (kind, codec version)
+                kind, version, half = (tuple(key) + (None, False))[:3] if isinstance(key, tuple) else (key, None, False)
                 db.execute("INSERT INTO shards (id, kind, file, committed_rows) VALUES (?, ?, ?, ?)",
-                           (sid, kind, shard_file_name(kind, sid, version), rows))
+                           (sid, kind, shard_file_name(kind, sid, version, half=bool(half)), rows))
             db.executemany("UPDATE pages SET multi_shard = ?, multi_offset = ?, single_shard = ?, single_row = ?"
                            " WHERE page_id = ?", updates)
             db.executemany("DELETE FROM shards WHERE id = ?", [(sid,) for sid in old_ids])
@@ -906,7 +1061,9 @@ class Store:
             vectors=tokens, bytes_by_part=parts, total_bytes=sum(parts.values()), dead_bytes=self.dead_bytes(),
             identity=self.identity, format_version=self.format_version, single_dim=self.single_dim,
             multi_dim=self.multi_dim, partial_documents=partial, compression=self.compression,
-            pool_factor=self.pool_factor, bytes_per_page=per_page, raw_pages=self._raw_page_count())
+            pool_factor=self.pool_factor, bytes_per_page=per_page, raw_pages=self._raw_page_count(),
+            single_width=self.single_width, single_precision=self.single_precision,
+            single_pages_not_yet_converted=sum(len(p) for _loc, p in self.single_rows_to_convert()))
 
     def compact(self) -> int:
         """Rewrite live vectors into new shard files and drop the old ones; returns bytes reclaimed,

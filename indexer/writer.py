@@ -70,7 +70,9 @@ class DocumentWriter:
         single = np.asarray(embedding.single, dtype=np.float32).reshape(1, -1)
         multi = np.asarray(embedding.multi, dtype=np.float16)
         store = self.store
-        if single.shape[1] != store.single_dim or multi.ndim != 2 or multi.shape[1] != store.multi_dim:
+        # a single vector of the encoder's full width, or one already at the index's stored width
+        if single.shape[1] not in (store.single_dim, store.single_width) or multi.ndim != 2 \
+                or multi.shape[1] != store.multi_dim:
             raise DimensionMismatchError(
                 f"page {page_number} of {self.source.display_path} has a {single.shape[1]}-d single vector and "
                 f"{multi.shape[-1]}-d token vectors; this index stores {store.single_dim} and {store.multi_dim}",
@@ -81,6 +83,7 @@ class DocumentWriter:
         # raw float16 rows, or the codec's records (pooled first when the index pools tokens);
         # the checksum covers what is stored
         stored, keeps_grid = store.encode_multi(self._multi, multi)
+        single = store.encode_single(single)  # at the index's width and precision, as stored
         multi_at = self._multi.append(stored)
         single_at = self._single.append(single)
         grid = getattr(embedding, "grid", None) if keeps_grid else None  # pooled tokens have no grid

@@ -53,11 +53,14 @@ def _is_index_dir(directory: Path) -> bool:
 FLOAT16_MAX = 65504.0  # token vectors are stored as float16: anything larger would be stored as inf
 
 
-def check_embedding(emb: Embedding, what: str, single_dim: int, multi_dim: int, *, stored: bool) -> None:
+def check_embedding(emb: Embedding, what: str, single_dim: int, multi_dim: int, *, stored: bool,
+                    single_width: int | None = None) -> None:
     """Refuse an embedding the index cannot store or search meaningfully: wrong widths, no token
-    vectors, NaN or inf anywhere, or (``stored``) token values beyond float16's range."""
+    vectors, NaN or inf anywhere, or (``stored``) token values beyond float16's range. A single
+    vector may also be ``single_width`` wide (already truncated to the index's stored width)."""
     single, multi = np.asarray(emb.single), np.asarray(emb.multi)
-    if single.ndim != 1 or multi.ndim != 2 or single.shape[0] != single_dim or multi.shape[1] != multi_dim:
+    widths = (single_dim, single_width or single_dim)
+    if single.ndim != 1 or multi.ndim != 2 or single.shape[0] not in widths or multi.shape[1] != multi_dim:
         width = lambda a: str(a.shape[-1]) if a.ndim else "0"  # noqa: E731
         raise BadEmbeddingError(
             f"{what} has single {width(single)}-d / multi {width(multi)}-d, "
@@ -150,10 +153,16 @@ class _PageEncoder:
         return out
 
 
-# The recommended compact profile (`compact=True`, `--compact`): (compression, pool factor).
-# Provisional: the lead picks the final one from benchmarks/compact.py.
-COMPACT_PROFILE = ("residual-2", 1)
-COMPRESSIONS = ("fp16", "int8", "residual-1", "residual-2", "residual-4")
+# The recommended compact profile (`compact=True`, `--compact`): (compression, pool factor). pq-16
+# (18 B a token) over residual-2 (34 B): on the 3k real-text set exhaustive MaxSim over the codes gave
+# recall@10 0.869 against fp16's at about half residual-2's bytes (0.901), and its MRR@10 0.920 of
+# fp16's 0.930; pooling text tokens loses more than it saves (benchmarks/compact.py, compact_search.py).
+COMPACT_PROFILE = ("pq-16", 1)
+# ... and its single vectors: (Matryoshka width, precision), 256 B a page instead of 8 KiB at 2048-d
+# fp32; the width is capped by the encoder's (a narrower model keeps its full width, in fp16).
+COMPACT_SINGLE = (128, "fp16")
+SINGLE_PRECISIONS = ("fp32", "fp16")  # indexer.manifest.SINGLE_PRECISIONS
+COMPRESSIONS = ("fp16", "int8", "residual-1", "residual-2", "residual-4", "pq-16", "pq-32")
 
 
 def _compression_choice(compression: Any, pool_factor: Any, compact: bool) -> tuple[str, int]:
@@ -172,6 +181,44 @@ def _compression_choice(compression: Any, pool_factor: Any, compact: bool) -> tu
         raise PagelensError(f"pool_factor must be an integer from 1 (no pooling) to 64, got {pool_factor!r}",
                          "Use 1, 2 or 3.")
     return compression, int(pool_factor)
+
+
+def compact_single_width(single_dim: int, allowed: tuple | None) -> int:
+    """COMPACT_SINGLE's width for these vectors: itself, or the widest Matryoshka width below it,
+    or the full width of vectors no wider than it."""
+    want = COMPACT_SINGLE[0]
+    if single_dim <= want:
+        return int(single_dim)
+    if allowed:
+        fits = [int(w) for w in allowed if int(w) <= want]
+        return max(fits) if fits else int(single_dim)
+    return want
+
+
+def _single_choice(single_width: Any, single_precision: Any, compact: bool, single_dim: int,
+                   allowed: tuple | None) -> tuple[int, str]:
+    """(width, precision) of stored single vectors from the arguments, checked against the vectors'
+    ``single_dim`` and the encoder's Matryoshka widths ``allowed``; compact=True means COMPACT_SINGLE."""
+    if compact:
+        width = compact_single_width(single_dim, allowed)
+        if single_width is not None and single_width != width or \
+                single_precision is not None and single_precision != COMPACT_SINGLE[1]:
+            raise PagelensError("compact picks its own single-vector width and precision",
+                                f"Give either compact or single_width/single_precision, not both (compact is "
+                                f"{width}, {COMPACT_SINGLE[1]} here).")
+        return width, COMPACT_SINGLE[1]
+    precision = "fp32" if single_precision is None else single_precision
+    if not isinstance(precision, str) or precision not in SINGLE_PRECISIONS:
+        raise PagelensError(f"unknown single_precision {single_precision!r}", f"Choose one of {', '.join(SINGLE_PRECISIONS)}.")
+    if single_width is None:
+        return int(single_dim), precision
+    widths = sorted({int(w) for w in (allowed or ()) if int(w) <= single_dim} | {int(single_dim)})
+    if isinstance(single_width, bool) or not isinstance(single_width, (int, np.integer)) \
+            or not 1 <= single_width <= single_dim or (allowed and int(single_width) not in widths):
+        raise PagelensError(
+            f"single_width {single_width!r} is not usable with {single_dim}-d single vectors",
+            f"Choose one of {widths} (Matryoshka widths)." if allowed else f"Choose a width from 1 to {single_dim}.")
+    return int(single_width), precision
 
 
 class Index:
@@ -219,6 +266,8 @@ class Index:
         compression: str | None = None,
         pool_factor: int | None = None,
         compact: bool = False,
+        single_width: int | None = None,
+        single_precision: str | None = None,
     ) -> "Index":
         """Create a new, empty index.
 
@@ -231,10 +280,12 @@ class Index:
         HNSW above), "flat", "hnsw" or "ivf". Both are fixed at creation.
 
         ``compression`` is how token vectors are stored: "fp16" (default, lossless), "int8",
-        "residual-1", "residual-2" or "residual-4" (see docs/index-format.md, "Compression");
+        "residual-1", "residual-2", "residual-4", "pq-16" or "pq-32" (see docs/index-format.md, "Compression");
         ``pool_factor`` N > 1 stores each page's tokens pooled N to 1 (lossy; no heatmaps).
-        ``compact=True`` picks the recommended profile (`COMPACT_PROFILE`). All fixed at creation:
-        `recompress` converts an fp16 index later.
+        ``single_width`` stores single vectors truncated to that Matryoshka width (renormalised; default:
+        full) and ``single_precision`` ("fp32" default, "fp16") in that precision; the prefilter then
+        searches at most that width. ``compact=True`` picks the recommended profile (`COMPACT_PROFILE`,
+        and `COMPACT_SINGLE` for single vectors). All fixed at creation: `recompress` converts later.
 
         Raises `pagelens.errors.IndexExistsError` (an `indexer.errors.IndexExistsError`) when the folder
         already holds an index: checked before the model loads, and again, under the writer lock,
@@ -271,10 +322,16 @@ class Index:
                 f"search_dim {search_dim} is not usable with {single_dim}-d single vectors",
                 f"Choose one of {list(allowed)}." if allowed else f"Choose a width from 1 to {single_dim}.",
             )
+        single_width, single_precision = _single_choice(single_width, single_precision, compact, single_dim, allowed)
+        if search_dim is not None and search_dim > single_width:
+            raise PagelensError(
+                f"search_dim {search_dim} is wider than the {single_width} values single vectors are stored at",
+                "Give a search_dim no wider than single_width, or leave it unset (the stored width).")
         settings = {"search_dim": search_dim, "prefilter": prefilter}
         store = _store_module().Store.create(
             directory, identity=identity, single_dim=single_dim, multi_dim=multi_dim, settings=settings,
-            compression=compression, pool_factor=pool_factor,
+            compression=compression, pool_factor=pool_factor, single_width=single_width,
+            single_precision=single_precision,
         )
         return cls(directory, store, encoder=encoder, device=device, dtype=dtype, on_event=on_event)
 
@@ -326,10 +383,13 @@ class Index:
         compression: str | None = None,
         pool_factor: int | None = None,
         compact: bool = False,
+        single_width: int | None = None,
+        single_precision: str | None = None,
     ) -> "Index":
         """Open the index at ``directory`` for adding, or create it with ``model`` (default jina-v4).
-        ``compression``, ``pool_factor`` and ``compact`` (see `create`) apply when it is created; on
-        an existing index a value other than its own is refused (use `recompress`).
+        ``compression``, ``pool_factor``, ``single_width``, ``single_precision`` and ``compact`` (see
+        `create`) apply when it is created; on an existing index a value other than its own is
+        refused (use `recompress`).
 
         On an existing index, a ``model``, ``task`` or ``max_pixels`` given explicitly must match the
         index's own encoder: adding pages from another encoder is refused, never mixed in. Without
@@ -349,7 +409,8 @@ class Index:
             try:
                 return cls.create(directory, encoder=encoder, device=device, dtype=dtype,
                                   search_dim=search_dim, on_event=on_event, compression=compression,
-                                  pool_factor=pool_factor)
+                                  pool_factor=pool_factor, compact=compact, single_width=single_width,
+                                  single_precision=single_precision)
             except StoreIndexExists:
                 if not _is_index_dir(directory):
                     raise  # a folder holding something else: say so
@@ -366,6 +427,22 @@ class Index:
                 f"compression and pool factor are fixed when an index is created",
                 f"Convert it with `pagelens recompress --index {directory} --compression {compression}"
                 f" --pool-factor {pool_factor}`, or index into a new --index folder.")
+        if single_width is not None or single_precision is not None or compact:
+            store = index._store
+            have_single = (store.single_width, store.single_precision)
+            if compact:
+                want_single = _single_choice(None, None, True, store.single_dim,
+                                             tuple((index.identity or {}).get("matryoshka_dims") or ()) or None)
+            else:
+                want_single = (have_single[0] if single_width is None else single_width,
+                               have_single[1] if single_precision is None else single_precision)
+            if want_single != have_single:
+                index.close()
+                raise PagelensError(
+                    f"the index at {directory} stores single vectors at width {have_single[0]} in {have_single[1]}; "
+                    f"single_width and single_precision are fixed when an index is created",
+                    f"Convert it with `pagelens recompress --index {directory} --single-width {want_single[0]}"
+                    f" --single-precision {want_single[1]}`, or index into a new --index folder.")
         if model is not None or task is not None or max_pixels is not None:
             try:
                 identity = index.identity or {}
@@ -526,7 +603,8 @@ class Index:
         store = self._writable()
         pages = list(pages)
         for i, page in enumerate(pages):
-            check_embedding(page, f"page {i + 1} of {path}", store.single_dim, store.multi_dim, stored=True)
+            check_embedding(page, f"page {i + 1} of {path}", store.single_dim, store.multi_dim, stored=True,
+                            single_width=getattr(store, "single_width", None))
         page_ids = store.add_document(path, pages)
         self._dirty = True  # search structures catch up once, at the next search or close()
         return page_ids
@@ -553,22 +631,38 @@ class Index:
         return self._writable().compact()
 
     def recompress(self, compression: str | None = None, *, pool_factor: int | None = None, compact: bool = False,
+                   single_width: int | None = None, single_precision: str | None = None,
                    on_progress: Callable[[str, int, int], None] | None = None):
         """Convert the stored fp16 token vectors in place to ``compression`` (or the `COMPACT_PROFILE`
-        with ``compact=True``), from the stored vectors alone: no model runs. Page ids stay. Resumable:
-        after an interruption (even kill -9) the same call finishes it. An index already stored with
-        a codec cannot be converted again (its fp16 vectors are gone): `PagelensError`.
-        ``on_progress(stage, done, total)``. Returns the store's result (pages converted, bytes)."""
-        if compression is None and not compact:
-            raise PagelensError("recompress needs a compression", "Pass compression='int8' (or compact=True).")
+        with ``compact=True``), and/or the full-width fp32 single vectors to ``single_width`` /
+        ``single_precision`` ("fp16"; `COMPACT_SINGLE` with ``compact=True``), from the stored vectors
+        alone: no model runs. What is not named stays as it is. Page ids stay. Resumable: after an
+        interruption (even kill -9) the same call finishes it. An index already stored with a codec
+        cannot be converted again (its fp16 vectors are gone), nor single vectors widened, made fp32
+        again or narrowed a second time: `PagelensError`. ``on_progress(stage, done, total)``.
+        Returns the store's result (pages converted, bytes)."""
+        singles = single_width is not None or single_precision is not None
+        if compression is None and not compact and (pool_factor is not None or not singles):
+            raise PagelensError("recompress needs a compression or single-vector settings",
+                                "Pass compression='int8', single_width=128 with single_precision='fp16', "
+                                "or compact=True.")
         store = self._writable()
-        compression, pool_factor = _compression_choice(
-            compression, store.pool_factor if pool_factor is None and not compact else pool_factor, compact)
+        if compression is not None or compact:
+            compression, pool_factor = _compression_choice(
+                compression, store.pool_factor if pool_factor is None and not compact else pool_factor, compact)
+        if singles or compact:
+            allowed = tuple((self.identity or {}).get("matryoshka_dims") or ()) or None
+            single_width, single_precision = _single_choice(
+                store.single_width if single_width is None and not compact else single_width,
+                store.single_precision if single_precision is None and not compact else single_precision,
+                compact, store.single_dim, allowed)
         try:
-            result = store.recompress(compression, pool_factor, progress=on_progress)
+            result = store.recompress(compression, pool_factor, single_width=single_width,
+                                      single_precision=single_precision, progress=on_progress)
         except ValueError as exc:
-            raise PagelensError(str(exc), "Re-index the documents into a new --index folder with the codec you "
-                                "want (`pagelens index --compression NAME`).") from None
+            raise PagelensError(str(exc), "Re-index the documents into a new --index folder with the storage you "
+                                "want (`pagelens index --compression NAME --single-width N --single-precision "
+                                "fp16`).") from None
         self._retriever = None  # it read the old vectors
         self._dirty = True
         return result
@@ -588,7 +682,10 @@ class Index:
             failed_documents=stats.failed_documents,
             extra={"settings": self._store.settings, "compression": stats.compression,
                    "pool_factor": stats.pool_factor, "bytes_per_page": stats.bytes_per_page,
-                   "pages_not_yet_compressed": stats.raw_pages},
+                   "pages_not_yet_compressed": stats.raw_pages, "single_dim": stats.single_dim,
+                   "single_width": stats.single_width,
+                   "single_precision": stats.single_precision,
+                   "single_pages_not_yet_converted": stats.single_pages_not_yet_converted},
         )
 
     def verify(self) -> VerifyReport:
@@ -656,16 +753,30 @@ class Index:
             settings = self._store.settings
             self._retriever = Retriever(
                 self.directory / "derived", self._store, device=device,
-                single_dim=settings.get("search_dim"), prefilter=settings.get("prefilter") or "auto",
+                single_dim=self._prefilter_width(settings.get("search_dim")),
+                prefilter=settings.get("prefilter") or "auto",
                 persist=bool(getattr(self._store, "writable", False)),  # a reader writes nothing into the index
             )
         return self._retriever
+
+    def _prefilter_width(self, search_dim: int | None) -> int | None:
+        """The single-vector prefilter's width: ``search_dim``, at most the width single vectors are
+        stored at (a query's single vector is truncated to it by the prefilter); None is the full width."""
+        store = self._store
+        stored = int(getattr(store, "single_width", None) or store.single_dim)
+        if search_dim is None:
+            return None if stored == store.single_dim else stored
+        return min(int(search_dim), stored)
 
     def sync(self) -> None:
         """Bring the derived search structures (FAISS over single and token vectors) in step with the stored pages.
 
         Searches do this by themselves; writers call it once after a batch of changes so that
         readers find the structures ready."""
+        if getattr(self._store, "writable", False):
+            # a codec due for training trains first, so the structures are built over its codes (and
+            # close(), which trains only a dirty index, still trains one synced before it)
+            self._store.maybe_train_codec()
         self._retrieval().sync()
         self._dirty = False
 
@@ -721,7 +832,8 @@ class Index:
         embeddings = list(embeddings)
         for i, emb in enumerate(embeddings):
             what = "the query embedding" if len(embeddings) == 1 else f"query embedding {i + 1}"
-            check_embedding(emb, what, store.single_dim, store.multi_dim, stored=False)
+            check_embedding(emb, what, store.single_dim, store.multi_dim, stored=False,
+                            single_width=getattr(store, "single_width", None))
         if not embeddings or not self._has_pages():
             return [[] for _ in embeddings]
         retriever = self._retrieval()
@@ -776,7 +888,8 @@ class Index:
         labels = None
         if isinstance(query_or_embedding, Embedding):
             query = query_or_embedding
-            check_embedding(query, "the query embedding", store.single_dim, store.multi_dim, stored=False)
+            check_embedding(query, "the query embedding", store.single_dim, store.multi_dim, stored=False,
+                            single_width=getattr(store, "single_width", None))
         else:
             text = clean_query(query_or_embedding)
             if self.identity is None and self._encoder is None:

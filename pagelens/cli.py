@@ -68,7 +68,7 @@ def _check_task(value: Optional[str]) -> Optional[str]:
     return value
 
 
-COMPRESSION_NAMES = ("fp16", "int8", "residual-1", "residual-2", "residual-4")
+COMPRESSION_NAMES = ("fp16", "int8", "residual-1", "residual-2", "residual-4", "pq-16", "pq-32")
 
 
 def _check_compression(value: Optional[str]) -> Optional[str]:
@@ -79,13 +79,34 @@ def _check_compression(value: Optional[str]) -> Optional[str]:
 
 CompressionOption = typer.Option(
     None, "--compression", callback=_check_compression,
-    help="How token vectors are stored: fp16 (default, lossless), int8, residual-1, residual-2 or residual-4.",
+    help="How token vectors are stored: fp16 (default, lossless), int8, residual-1, residual-2, residual-4, pq-16"
+         " or pq-32.",
 )
 PoolFactorOption = typer.Option(
     None, "--pool-factor", min=1, max=64,
     help="Pool each page's token vectors N to 1 before storing them (1 = none; lossy, no heatmaps).",
 )
-CompactOption = typer.Option(False, "--compact", help="Use the recommended compact profile (residual-2, pool factor 1).")
+COMPACT_NAMES = ("pq-16", 1)  # pagelens.api.COMPACT_PROFILE (kept here: no import before parsing)
+CompactOption = typer.Option(False, "--compact", help="Use the recommended compact profile (pq-16: 18 B a token, pool "
+                             "factor 1; single vectors 128-d fp16).")
+SINGLE_PRECISION_NAMES = ("fp32", "fp16")  # pagelens.api.SINGLE_PRECISIONS (kept here: no import before parsing)
+
+
+def _check_single_precision(value: Optional[str]) -> Optional[str]:
+    if value is not None and value not in SINGLE_PRECISION_NAMES:
+        raise typer.BadParameter(f"{printable(value)!r} is not a single-vector precision; choose fp32 or fp16.")
+    return value
+
+
+SingleWidthOption = typer.Option(
+    None, "--single-width", min=1,
+    help="Store single vectors truncated to this Matryoshka width (128, 256, 512, 1024; renormalised; default: "
+         "full); the prefilter searches at most this width.",
+)
+SinglePrecisionOption = typer.Option(
+    None, "--single-precision", callback=_check_single_precision,
+    help="How single vectors are stored: fp32 (default) or fp16 (half the bytes).",
+)
 
 
 def _check_dtype(value: Optional[str]) -> Optional[str]:
@@ -303,6 +324,8 @@ def index_command(
     compression: Optional[str] = CompressionOption,
     pool_factor: Optional[int] = PoolFactorOption,
     compact: bool = CompactOption,
+    single_width: Optional[int] = SingleWidthOption,
+    single_precision: Optional[str] = SinglePrecisionOption,
 ) -> None:
     """Index PDFs and page images into DIR, embedding only new or changed files.
 
@@ -315,7 +338,7 @@ def index_command(
 
     storage: dict[str, Any] = {}
     if compression is not None or pool_factor is not None or compact:
-        if compact and (compression not in (None, "residual-2") or pool_factor not in (None, 1)):
+        if compact and (compression not in (None, COMPACT_NAMES[0]) or pool_factor not in (None, COMPACT_NAMES[1])):
             raise typer.BadParameter("--compact picks its own compression and pool factor; give one or the other.",
                                      param_hint="--compact")
         storage = {"compression": compression, "pool_factor": pool_factor, "compact": compact}
@@ -326,12 +349,39 @@ def index_command(
                 return info.extra["compression"], info.extra["pool_factor"]
 
             have = _run(stored, index=index)
-            want = ("residual-2", 1) if compact else (compression or have[0], pool_factor or have[1])
+            want = COMPACT_NAMES if compact else (compression or have[0], pool_factor or have[1])
             if want != have:
                 raise typer.BadParameter(
                     f"the index stores token vectors as {have[0]} with pool factor {have[1]}, fixed when it was "
                     f"created; convert it with `pagelens recompress --index {index} --compression {want[0]} "
                     f"--pool-factor {want[1]}`, or index into a new --index folder.", param_hint="--compression")
+
+    if single_width is not None or single_precision is not None or compact:
+        if compact and (single_width is not None or single_precision is not None):
+            raise typer.BadParameter("--compact picks its own single-vector width and precision; give one or the "
+                                     "other.", param_hint="--compact")
+        if not compact:
+            storage.update(single_width=single_width, single_precision=single_precision)
+        if (index / "manifest.json").exists():  # fixed at creation: a different value is a usage error
+            from pagelens.api import COMPACT_SINGLE, compact_single_width
+
+            def stored_single() -> tuple[int, str, int]:
+                with Index.open(index) as idx:
+                    info = idx.info()
+                identity = info.identity or {}
+                dims = tuple(identity.get("matryoshka_dims") or ()) or None
+                return info.extra["single_width"], info.extra["single_precision"], compact_single_width(
+                    int(info.extra["single_dim"]), dims)
+
+            have_w, have_p, compact_w = _run(stored_single, index=index)
+            have = (have_w, have_p)
+            want = (compact_w, COMPACT_SINGLE[1]) if compact else (single_width or have[0], single_precision or have[1])
+            if want != have:
+                raise typer.BadParameter(
+                    f"the index stores single vectors at width {have[0]} in {have[1]}, fixed when it was created; "
+                    f"convert it with `pagelens recompress --index {index} --single-width {want[0]} "
+                    f"--single-precision {want[1]}`, or index into a new --index folder.",
+                    param_hint="--single-width")
 
     def work() -> Any:
         with progress_reporter(enabled=not quiet and not as_json) as on_event:
@@ -503,6 +553,10 @@ def info_command(index: Path = IndexOption, as_json: bool = JsonOption) -> None:
         pending = extra.get("pages_not_yet_compressed") or 0
         _out(f"storage:    {extra['compression']}, pool factor {extra['pool_factor']}"
              + (f" ({pending} pages still fp16: codec not trained yet, or run `pagelens recompress`)" if pending else ""))
+        if "single_width" in extra:
+            waiting = extra.get("single_pages_not_yet_converted") or 0
+            _out(f"singles:    {extra['single_width']}-d {extra['single_precision']}"
+                 + (f" ({waiting} pages not converted yet: run the same `pagelens recompress` again)" if waiting else ""))
         for part, size in (extra.get("bytes_per_page") or {}).items():
             _out(f"per page:   {part:<16} {size:>14,.0f}")
     if info.identity:
@@ -588,15 +642,23 @@ def recompress_command(
     compression: Optional[str] = CompressionOption,
     pool_factor: Optional[int] = PoolFactorOption,
     compact: bool = CompactOption,
+    single_width: Optional[int] = SingleWidthOption,
+    single_precision: Optional[str] = SinglePrecisionOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Convert an fp16 index's stored token vectors in place to a compact codec (no model runs).
+    """Convert an index's stored vectors in place (no model runs): fp16 token vectors to a compact
+    codec, full-width fp32 single vectors to a narrower width in fp16 (never wider).
 
     Page ids stay. Interrupted (even kill -9), the index stays usable and the same command finishes it."""
-    if compression is None and not compact:
-        raise typer.BadParameter("give --compression NAME (or --compact).", param_hint="--compression")
-    if compact and (compression not in (None, "residual-2") or pool_factor not in (None, 1)):
+    singles = single_width is not None or single_precision is not None
+    if compression is None and not compact and (pool_factor is not None or not singles):
+        raise typer.BadParameter("give --compression NAME, --single-width N --single-precision fp16, or --compact.",
+                                 param_hint="--compression")
+    if compact and singles:
+        raise typer.BadParameter("--compact picks its own single-vector width and precision; give one or the other.",
+                                 param_hint="--compact")
+    if compact and (compression not in (None, COMPACT_NAMES[0]) or pool_factor not in (None, COMPACT_NAMES[1])):
         raise typer.BadParameter("--compact picks its own compression and pool factor; give one or the other.",
                                  param_hint="--compact")
     from pagelens.api import Index
@@ -607,18 +669,26 @@ def recompress_command(
 
     def work() -> Any:
         with Index.open(index, writable=True) as idx:
-            result = idx.recompress(compression, pool_factor=pool_factor, compact=compact, on_progress=progress)
+            result = idx.recompress(compression, pool_factor=pool_factor, compact=compact, single_width=single_width,
+                                    single_precision=single_precision, on_progress=progress)
             return result
 
     result = _run(work, index=index)
     summary = {"compression": result.compression, "pool_factor": result.pool_factor,
                "pages_converted": result.pages_converted, "multi_vector_bytes_before": result.bytes_before,
-               "multi_vector_bytes_after": result.bytes_after}
+               "multi_vector_bytes_after": result.bytes_after, "single_width": result.single_width,
+               "single_precision": result.single_precision, "single_pages_converted": result.single_pages_converted,
+               "single_vector_bytes_before": result.single_bytes_before,
+               "single_vector_bytes_after": result.single_bytes_after}
     if as_json:
         _print_json(summary)
     elif not quiet:
         _out(f"{result.pages_converted} pages converted to {result.compression} (pool factor {result.pool_factor}); "
              f"multi-vector bytes {result.bytes_before:,} -> {result.bytes_after:,}")
+        if singles or compact or result.single_pages_converted:
+            _out(f"{result.single_pages_converted} single vectors converted to {result.single_width}-d "
+                 f"{result.single_precision}; single-vector bytes {result.single_bytes_before:,} -> "
+                 f"{result.single_bytes_after:,}")
 
 
 @app.command("serve")

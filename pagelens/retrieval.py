@@ -141,11 +141,28 @@ class Retriever:
         self.single_dim = int(dim)
         self.prefilter = SinglePrefilter(self.single_dim, kind=self._requested_kind)
         self.tokens: TokenIndex | None = None
-        self.ann = PooledIndex(self.source.multi_dim, m=0)
+        self.ann: PooledIndex | None = PooledIndex(self.source.multi_dim, m=0)
+        book = self._source_codebook()
+        self.compact_codec: int | None = None if book is None else int(book[0])
+        if book is not None:  # compact: lists over the codec's centroids replace the all-token copy
+            self.tokens, self.ann = TokenIndex(book[1], version=self.compact_codec), None
         self.pooled = PooledIndex(self.source.multi_dim, m=self.pool_clusters) if self.pooled_enabled else None
         self.included = np.zeros(0, dtype=np.int64)  # sorted ids the structures hold
         self.watermark = -1
         self.trained_tokens = 0
+
+    def _source_codebook(self) -> tuple[int, np.ndarray] | None:
+        """The source's centroid codec (``Store.token_codebook``), when it stores tokens as codes that
+        begin with a centroid id; None for float16 stores and sources without codecs."""
+        book = getattr(self.source, "token_codebook", None)
+        return book() if book is not None else None
+
+    @property
+    def compact(self) -> bool:
+        """Whether the token generator is the codec's centroid lists ("tokens", built from the stored
+        centroid ids: 4 B a (centroid, page) pair) instead of the all-token IVF copy ("ann", 136 B a
+        token): the derived side of a compact index (issue 11)."""
+        return self.compact_codec is not None
 
     @property
     def codebook_version(self) -> int:
@@ -174,7 +191,13 @@ class Retriever:
             pf = SinglePrefilter.from_arrays({k[3:]: v for k, v in arrays.items() if k.startswith("pf_")})
             tok_arrays = {k[4:]: v for k, v in arrays.items() if k.startswith("tok_")}
             tokens = TokenIndex.from_arrays(tok_arrays) if tok_arrays else None
-            ann = PooledIndex.from_arrays({k[4:]: v for k, v in arrays.items() if k.startswith("ann_")})
+            ann_arrays = {k[4:]: v for k, v in arrays.items() if k.startswith("ann_")}
+            ann = PooledIndex.from_arrays(ann_arrays) if ann_arrays else None
+            if state.get("compact_codec") != self.compact_codec:
+                raise ValueError("saved for another codec state")  # the store's codec changed: rebuild
+            if self.compact and (ann is not None or tokens is None or tokens.version != self.compact_codec
+                                 or not np.array_equal(tokens.centroids, self.tokens.centroids)):
+                raise ValueError("compact lists do not match the codec")
             pool_arrays = {k[5:]: v for k, v in arrays.items() if k.startswith("pool_")}
             pooled = PooledIndex.from_arrays(pool_arrays) if pool_arrays else None
             included = np.array(arrays["included"], dtype=np.int64)
@@ -182,7 +205,7 @@ class Retriever:
                 raise ValueError("prefilter does not match the state")
             if tokens is not None and not np.array_equal(tokens.live_ids(), included):
                 raise ValueError("token index does not match the state")
-            if not np.array_equal(ann.live_ids(), included) or ann.m != 0:
+            if not self.compact and (ann is None or not np.array_equal(ann.live_ids(), included) or ann.m != 0):
                 raise ValueError("token index does not match the state")
             if pooled is not None and (not np.array_equal(pooled.live_ids(), included) or pooled.m != self.pool_clusters):
                 raise ValueError("pooled index does not match the state")
@@ -194,7 +217,7 @@ class Retriever:
             return
         self.single_dim = int(state["single_dim"])
         self.prefilter, self.tokens, self.ann, self.pooled, self.included = pf, tokens, ann, pooled, included
-        self.token_codebook = self.token_codebook or tokens is not None
+        self.token_codebook = self.token_codebook or (tokens is not None and not self.compact)
         self.pooled_enabled = self.pooled_enabled or pooled is not None
         self.watermark = int(state["watermark"])
         self.trained_tokens = int(state["trained_tokens"])
@@ -214,7 +237,8 @@ class Retriever:
         tmp.mkdir()
         arrays = {"included": self.included}
         arrays.update({f"pf_{k}": v for k, v in self.prefilter.to_arrays().items()})
-        arrays.update({f"ann_{k}": v for k, v in self.ann.to_arrays().items()})
+        if self.ann is not None:
+            arrays.update({f"ann_{k}": v for k, v in self.ann.to_arrays().items()})
         if self.pooled is not None:
             arrays.update({f"pool_{k}": v for k, v in self.pooled.to_arrays().items()})
         if self.tokens is not None:
@@ -241,6 +265,7 @@ class Retriever:
             "single_dim": self.single_dim,
             "prefilter": self.prefilter.current_kind,
             "codebook_version": self.codebook_version,
+            "compact_codec": self.compact_codec,
             "trained_tokens": int(self.trained_tokens),
             "pages": int(len(self.included)),
             "files": files,
@@ -266,6 +291,9 @@ class Retriever:
         Returns whether anything changed. Reads only the added pages' vectors, except when the
         codebook is (re)trained, which reads every live page once."""
         live = np.asarray(self.source.live_page_ids(), dtype=np.int64)
+        book = self._source_codebook()
+        if (None if book is None else int(book[0])) != self.compact_codec:
+            self._reset()  # the store's codec was trained or replaced: lists over its centroids, from scratch
         if np.array_equal(live, self.included):
             return False  # the common case on every search: no file is read
         self._reload_if_newer()  # the writer may already have saved a generation holding these pages
@@ -288,17 +316,22 @@ class Retriever:
             self.prefilter.remove(removed)
             if self.tokens is not None:
                 self.tokens.remove(removed)
-            self.ann.remove(removed)
+            if self.ann is not None:
+                self.ann.remove(removed)
             if self.pooled is not None:
                 self.pooled.remove(removed)
         for start in range(0, len(added), READ_BATCH_PAGES * 8):
             batch = added[start : start + READ_BATCH_PAGES * 8]
             self.prefilter.add(batch, self.source.single_vectors(batch))
         batches = (added[a : a + READ_BATCH_PAGES] for a in range(0, len(added), READ_BATCH_PAGES))
-        self.ann.add_batches((b, self._read_multi(b)) for b in batches)
+        if self.compact:
+            for b in batches:
+                self._add_coarse(b)
+        else:
+            self.ann.add_batches((b, self._read_multi(b)) for b in batches)
         self.included = live
         self.watermark = max(self.watermark, int(live[-1]) if len(live) else -1)
-        if self.token_codebook:
+        if self.token_codebook and not self.compact:
             self._maybe_train(live)
         self._save()
 
@@ -310,6 +343,19 @@ class Retriever:
         if self.pooled is not None:
             self.pooled.add(batch, pages)
         return pages
+
+    def _add_coarse(self, batch: np.ndarray) -> None:
+        """Compact mode: enter a batch in the centroid lists from its stored centroid ids; pages not
+        stored under this codec (raw rows from before training) are assigned from their vectors."""
+        ids = list(self.source.coarse_ids(batch, self.compact_codec))
+        other = [i for i, a in enumerate(ids) if a is None]
+        if other or self.pooled is not None:
+            pages = list(self.source.multi_vectors(batch))
+            for i in other:
+                ids[i] = self.tokens.assign(np.asarray(pages[i], dtype=np.float32))
+            if self.pooled is not None:
+                self.pooled.add(batch, pages)
+        self.tokens.add_assigned(batch, ids)
 
     def _enable_pooled(self) -> None:
         """First search asking for "pooled": pool every page now and keep the index from then on."""
@@ -330,6 +376,8 @@ class Retriever:
     def _enable_tokens(self) -> None:
         """First search asking for "tokens": train the codebook now and keep it from then on."""
         self.token_codebook = True
+        if self.compact:
+            return  # the codec's centroid lists are the codebook
         if self.tokens is None and len(self.included) and not self.persist:
             self._maybe_train(self.included)
         elif self.tokens is None and len(self.included):
@@ -403,7 +451,9 @@ class Retriever:
         nprobe: int | None = None,
         per_token: int | None = None,
     ) -> list[list[tuple[int, float]]]:
-        if "tokens" in rank.check_generators(generators) and not self.token_codebook:
+        if generators is None and self.compact:
+            generators = rank.COMPACT_GENERATORS
+        if "tokens" in rank.check_generators(generators) and not self.token_codebook and not self.compact:
             self._enable_tokens()
         if "pooled" in rank.check_generators(generators) and self.pooled is None:
             self._enable_pooled()

@@ -78,7 +78,7 @@ class _ResidualTables:
 
 def _asymmetric_block(codec, prepared, q_all: np.ndarray, codes: np.ndarray, torch) -> np.ndarray:
     """Scores [n tokens, sum Tq] of codes against the queries, without decoding the vectors."""
-    if hasattr(codec, "centroid_ids"):  # residual codec
+    if hasattr(codec, "residual_rows"):  # residual codec (a pq codec has centroid ids too, but no such rows)
         acc = np.take(prepared.qc, codec.centroid_ids(codes), axis=0)  # [n, Tq]
         rows = codec.residual_rows(codes)
         for j in range(rows.shape[1]):  # one row gather per residual byte
@@ -115,7 +115,7 @@ def maxsim_codes_batch(
         raise ValueError(f"unknown path {path!r}; choose one of {list(PATHS)}")
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be at least 1, got {chunk_tokens}")
-    residual = hasattr(codec, "centroid_ids")
+    residual = hasattr(codec, "residual_rows")  # the residual-b codec; pq-M has no asymmetric path
     if path == "asymmetric" and not (residual or hasattr(codec, "scales")):
         raise ValueError(f"codec {codec.name} has no asymmetric path; use path='decode'")
     qs = _queries(queries, codec.dim)

@@ -38,6 +38,9 @@ from scoring.tokens import TokenIndex
 
 GENERATORS = ("single", "tokens", "pooled", "ann")
 DEFAULT_GENERATORS = ("ann", "single")
+# A compact index (its codec's records begin with a centroid id) keeps no all-token copy: its token
+# generator is the centroid lists built from the stored ids (pagelens/retrieval.py, compact mode).
+COMPACT_GENERATORS = ("tokens", "single")
 DEFAULT_CANDIDATES = 200
 MAX_AUTO_CANDIDATES = 800
 PAGES_PER_CANDIDATE = 30  # the shortlist grows with the collection: real text needs it (module doc)

@@ -20,4 +20,5 @@ class VectorSource(Protocol):
         store's narrower ``single_width`` (a Matryoshka prefix) where it has one."""
 
     def multi_vectors(self, page_ids: np.ndarray) -> Sequence[np.ndarray]:
-        """One float16 array [T_i, multi_dim] per page id, in order; may be read-only memory-map views."""
+        """One array [T_i, multi_dim] per page id, in order: float16 (stored as is; may be read-only
+        memory-map views) or float32 (decoded from a codec's records)."""

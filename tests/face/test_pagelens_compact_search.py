@@ -1,0 +1,139 @@
+"""Search over a compact index: when the store's codec records begin with a centroid id, the derived
+token generator is the lists over the codec's own centroids, built from the stored ids (no second
+copy of every token vector), and it follows the codec when it is trained or replaced."""
+
+import os
+
+import numpy as np
+import pytest
+
+from engine.types import Embedding
+from indexer.codecs import CODECS
+from indexer.store import Store
+from pagelens.retrieval import Retriever
+from scoring import rank
+
+D_SINGLE, D_MULTI = 32, 16
+CENTROID_CODECS = [c for c in ("residual-2", "pq-16") if c in CODECS]
+
+
+def clustered_pages(n, seed=0):
+    """Pages of ~30 tokens around 3 of 40 topics each: a query from a page's tokens finds it."""
+    rng = np.random.default_rng(seed)
+    topics = rng.standard_normal((40, D_MULTI))
+    out = []
+    for _ in range(n):
+        mine = topics[rng.choice(40, 3, replace=False)]
+        m = mine[rng.integers(0, 3, int(rng.integers(20, 40)))] + 0.35 * rng.standard_normal((1, D_MULTI))
+        m = m + 0.25 * rng.standard_normal(m.shape)
+        m /= np.linalg.norm(m, axis=1, keepdims=True)
+        out.append(Embedding(single=rng.standard_normal(D_SINGLE).astype(np.float32), multi=m.astype(np.float32)))
+    return out
+
+
+def trained_store(tmp_path, compression, n=160):
+    s = Store.create(tmp_path / "idx", identity=None, single_dim=D_SINGLE, multi_dim=D_MULTI, compression=compression)
+    s.train_min_tokens = 10 ** 9  # stays raw float16 until the test trains it
+    embs = clustered_pages(n)
+    ids = []
+    for d in range(0, n, 40):
+        ids += s.add_document(f"/doc{d}.pdf", embs[d : d + 40])
+    return s, np.asarray(ids), embs
+
+
+@pytest.mark.parametrize("compression", CENTROID_CODECS)
+def test_compact_lists_come_from_stored_centroid_ids_and_follow_training(tmp_path, compression):
+    store, ids, embs = trained_store(tmp_path, compression)
+    r = Retriever(tmp_path / "derived", store)
+    r.sync()
+    assert not r.compact and r.ann is not None  # raw float16 rows: the all-token index
+    store.train_min_tokens = 100
+    assert store.maybe_train_codec() == len(ids)
+    version, centroids = store.token_codebook()
+    r.sync()  # same pages, new codec: rebuilt as centroid lists
+    assert r.compact and r.ann is None and r.tokens.version == version
+    assert np.allclose(r.tokens.centroids, centroids / np.linalg.norm(centroids, axis=1, keepdims=True))
+    codec = store.codec_state(version).codec
+    # every (centroid, page) pair the stored ids name, and no other
+    want = {(int(c), int(p)) for p, a in zip(ids, store.coarse_ids(ids, version)) for c in a}
+    assert want == {(int(c), int(p)) for p, a in zip(ids, store.coarse_ids(ids, version)) for c in set(a.tolist())}
+    lists = r.tokens.to_arrays()
+    got = set()
+    for c in range(r.tokens.n_centroids):
+        for pos in lists["list_pos"][lists["list_offsets"][c] : lists["list_offsets"][c + 1]]:
+            got.add((c, int(lists["page_ids"][pos])))
+    assert got == want
+    assert all(np.array_equal(a, codec.assign(v.astype(np.float32)))
+               for a, v in zip(store.coarse_ids(ids[:5], version), store.multi_vectors(ids[:5])))
+    names = os.listdir(tmp_path / "derived" / f"gen-{r._generation:08d}")
+    assert not any(n.startswith("ann_") for n in names) and any(n.startswith("tok_") for n in names)
+
+    # search: default generators are the compact ones, and queries find their page
+    found = 0
+    for i in range(0, len(ids), 16):
+        q = embs[i].multi[:6]
+        hits = r.search(q, embs[i].single, k=5, candidates=20)
+        exact = rank.exhaustive(store, [q], store.live_page_ids(), 5)[0]
+        found += hits[0][0] == ids[i]
+        assert hits[0][0] == exact[0][0] and abs(hits[0][1] - exact[0][1]) < 1e-4
+    assert found >= 8  # 10 queries, each from its own page's tokens
+
+    # reopen: the compact generation loads as it is (nothing rebuilt)
+    gen = r._generation
+    again = Retriever(tmp_path / "derived", store)
+    assert again.compact and again._generation == gen
+    assert again.search(embs[3].multi[:6], embs[3].single, k=5, candidates=20) == r.search(
+        embs[3].multi[:6], embs[3].single, k=5, candidates=20)
+    again.sync()
+    assert again._generation == gen
+
+    # pages added later are encoded as written and enter the lists from their ids
+    more = clustered_pages(20, seed=9)
+    new_ids = store.add_document("/late.pdf", more)
+    r.sync()
+    assert all(a is not None for a in store.coarse_ids(new_ids, version))
+    assert r.search(more[4].multi[:6], more[4].single, k=3, candidates=20)[0][0] == new_ids[4]
+    store.remove_document("/doc0.pdf")
+    r.sync()
+    assert not set(ids[:40].tolist()) & set(r.tokens.live_ids().tolist())
+
+
+def test_float16_and_int8_stores_keep_the_all_token_index(tmp_path):
+    for compression in ("fp16", "int8"):
+        s = Store.create(tmp_path / compression, identity=None, single_dim=D_SINGLE, multi_dim=D_MULTI,
+                         compression=compression)
+        s.add_document("/a.pdf", clustered_pages(10))
+        assert s.token_codebook() is None
+        r = Retriever(tmp_path / f"d-{compression}", s)
+        r.sync()
+        assert not r.compact and r.ann is not None and len(r.ann) == 10
+
+
+def test_index_sync_trains_a_due_codec_before_building_the_lists(tmp_path):
+    """A writer that syncs before closing (as scripts do) must still get its codec trained: sync
+    used to mark the index clean, so close() skipped the training and every page stayed float16."""
+    import pagelens
+
+    index = pagelens.Index.create(tmp_path / "idx", single_dim=D_SINGLE, multi_dim=D_MULTI, compression="residual-2")
+    rng = np.random.default_rng(3)
+    pages = []
+    for _ in range(70):  # 70 x 1,000 tokens: past the 65,536 tokens a residual codec trains at
+        m = rng.standard_normal((1000, D_MULTI)).astype(np.float32)
+        pages.append(Embedding(single=rng.standard_normal(D_SINGLE).astype(np.float32),
+                               multi=m / np.linalg.norm(m, axis=1, keepdims=True)))
+    index.add_embeddings("/big.pdf", pages)
+    index.sync()
+    index.close()
+    store = Store.open(tmp_path / "idx")
+    assert store.stats().raw_pages == 0 and store.token_codebook() is not None
+    r = Retriever(tmp_path / "idx" / "derived", store, persist=False)
+    assert r.compact  # the saved generation is the compact one
+
+
+def test_cli_lists_agree_with_the_api():
+    """The CLI keeps copies of a few api constants (it parses arguments before importing the engine)."""
+    from pagelens import api, cli
+
+    assert cli.COMPACT_NAMES == api.COMPACT_PROFILE
+    assert cli.COMPRESSION_NAMES == api.COMPRESSIONS
+    assert cli.SINGLE_PRECISION_NAMES == api.SINGLE_PRECISIONS
