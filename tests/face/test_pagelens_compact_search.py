@@ -109,19 +109,52 @@ def test_float16_and_int8_stores_keep_the_all_token_index(tmp_path):
         assert not r.compact and r.ann is not None and len(r.ann) == 10
 
 
+def _big_pages(n=70, tokens=1000, seed=3):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):  # 70 x 1,000 tokens: past the 65,536 tokens a residual codec trains at
+        m = rng.standard_normal((tokens, D_MULTI)).astype(np.float32)
+        out.append(Embedding(single=rng.standard_normal(D_SINGLE).astype(np.float32),
+                             multi=m / np.linalg.norm(m, axis=1, keepdims=True)))
+    return out
+
+
+def _generation_files(folder):
+    import json
+
+    state = json.loads((folder / "derived" / "state.json").read_text())
+    gen = folder / "derived" / f"gen-{state['generation']:08d}"
+    return {f.name: f.stat().st_size for f in gen.iterdir()}
+
+
+def test_recompress_shrinks_the_derived_structures_too(tmp_path):
+    """fp16 -> a centroid codec: the all-token IVF copy (136 B a token) gives way to centroid lists."""
+    import pagelens
+
+    index = pagelens.Index.create(tmp_path / "idx", single_dim=D_SINGLE, multi_dim=D_MULTI)
+    pages = _big_pages()
+    index.add_embeddings("/big.pdf", pages)
+    index.sync()
+    before = _generation_files(tmp_path / "idx")
+    assert any(n.startswith("ann_") for n in before)
+    hits_before = index.search_embedding(pagelens.Embedding(single=pages[5].single, multi=pages[5].multi[:8]), k=3)
+    index.recompress("residual-2")
+    index.close()
+    after = _generation_files(tmp_path / "idx")
+    assert not any(n.startswith("ann_") for n in after) and "tok_list_pos.npy" in after
+    assert sum(after.values()) < sum(before.values()) / 2
+    with pagelens.Index.open(tmp_path / "idx") as again:
+        hits = again.search_embedding(pagelens.Embedding(single=pages[5].single, multi=pages[5].multi[:8]), k=3)
+    assert hits[0].page_id == hits_before[0].page_id
+
+
 def test_index_sync_trains_a_due_codec_before_building_the_lists(tmp_path):
     """A writer that syncs before closing (as scripts do) must still get its codec trained: sync
     used to mark the index clean, so close() skipped the training and every page stayed float16."""
     import pagelens
 
     index = pagelens.Index.create(tmp_path / "idx", single_dim=D_SINGLE, multi_dim=D_MULTI, compression="residual-2")
-    rng = np.random.default_rng(3)
-    pages = []
-    for _ in range(70):  # 70 x 1,000 tokens: past the 65,536 tokens a residual codec trains at
-        m = rng.standard_normal((1000, D_MULTI)).astype(np.float32)
-        pages.append(Embedding(single=rng.standard_normal(D_SINGLE).astype(np.float32),
-                               multi=m / np.linalg.norm(m, axis=1, keepdims=True)))
-    index.add_embeddings("/big.pdf", pages)
+    index.add_embeddings("/big.pdf", _big_pages())
     index.sync()
     index.close()
     store = Store.open(tmp_path / "idx")
