@@ -247,6 +247,9 @@ class _Run:
         self.writer_path = None
         self.report.added.append((item[1].path, len(ids)))
         self.report.pages_added += len(ids)
+        # a codec due for training trains now, not at the end of the run: a first run of a big
+        # collection would otherwise store every page raw (196 KB each at 768 tokens) and convert later
+        self.store.maybe_train_codec()
         self.finish_file(FileDone, item[1].path, len(ids))
 
     def _on_failed(self, item, _result) -> None:
@@ -355,7 +358,8 @@ def index_paths(store: Store, encoder, paths, *, dpi: float = DEFAULT_DPI, max_p
     report = run.report
     _remove_gone(store, found, report, emit)
     report.bytes_reclaimed = store.maybe_compact()
-    # a codec that needs training (residual-b) is trained once enough pages are in (raw until then)
+    # a codec that needs training (residual-b, pq-M) is trained once enough pages are in (raw until
+    # then): after each document (above), and here for a run whose pages came by copies alone
     store.maybe_train_codec()
     report.elapsed = time.perf_counter() - t0
     store.finish_run(run_id, {"added": len(report.added), "skipped": len(report.skipped),

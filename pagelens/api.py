@@ -606,6 +606,9 @@ class Index:
             check_embedding(page, f"page {i + 1} of {path}", store.single_dim, store.multi_dim, stored=True,
                             single_width=getattr(store, "single_width", None))
         page_ids = store.add_document(path, pages)
+        # a codec due for training trains as soon as it is due (cheap to ask once it is trained), so a
+        # big collection never sits raw float16 until close(): 16 GB at 1M pages x 64 tokens
+        store.maybe_train_codec()
         self._dirty = True  # search structures catch up once, at the next search or close()
         return page_ids
 

@@ -170,3 +170,18 @@ def test_cli_lists_agree_with_the_api():
     assert cli.COMPACT_NAMES == api.COMPACT_PROFILE
     assert cli.COMPRESSION_NAMES == api.COMPRESSIONS
     assert cli.SINGLE_PRECISION_NAMES == api.SINGLE_PRECISIONS
+
+
+def test_a_codec_trains_as_soon_as_it_is_due_not_at_close(tmp_path):
+    """Bring-your-own pages: once 65,536 tokens are in, the codec trains and later documents are
+    encoded as they are written, so a big first run never holds the whole collection raw."""
+    import pagelens
+
+    index = pagelens.Index.create(tmp_path / "idx", single_dim=D_SINGLE, multi_dim=D_MULTI, compression="residual-2")
+    pages = _big_pages(n=80)
+    index.add_embeddings("/first.pdf", pages[:70])  # 70,000 tokens: due
+    index.add_embeddings("/second.pdf", pages[70:])
+    store = Store.open(tmp_path / "idx")  # a reader, while the writer is still open
+    assert store.stats().raw_pages == 0 and store.token_codebook() is not None
+    store.close()
+    index.close()
