@@ -466,6 +466,8 @@ class Retriever:
                       per_token) -> list[list[tuple[int, float]]]:
         live = np.asarray(self.source.live_page_ids(), dtype=np.int64)
         unindexed = live[np.searchsorted(live, self.watermark, side="right") :]
+        if candidates is None and self.compact:
+            candidates = rank.compact_candidates(len(live))
         queries = [np.asarray(q, dtype=np.float32) for q in queries_multi]
         if exhaustive:
             return rank.exhaustive(self.source, queries, live, k, device=self.device)

@@ -397,3 +397,10 @@ def test_other_generators_quota_first_pages_always_and_the_rest_by_prescore_boun
     assert second not in hits  # a later quota page, outside the token ranking, bounded by its last pre-score
     hits = run(pre_floor=kth + 1)  # every ranked pre-score reaches the k-th: the bound lets it in
     assert best in hits and second in hits
+
+
+def test_compact_candidates_grow_past_the_default_and_stay_bounded():
+    assert rank.compact_candidates(3_000) == rank.default_candidates(3_000) == 200
+    assert rank.compact_candidates(24_000) == rank.default_candidates(24_000)
+    assert rank.compact_candidates(100_000) == 1250 > rank.default_candidates(100_000)
+    assert rank.compact_candidates(10**7) == rank.MAX_COMPACT_CANDIDATES
