@@ -161,3 +161,42 @@ class StrictFakeEncoder(FakeEncoder):
             if min(w, h) < 28:
                 raise ValueError(f"height:{h} or width:{w} must be larger than factor:28")
         return super().encode_images(images, batch_size, show_progress_bar)
+
+
+# -- vectors and kill -9 rounds shared by the codec and store tests --------------------------------
+def unit(x):
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def clustered(rng, n, topics):
+    """Unit tokens around a few fixed topics, like a real collection (not uniform noise)."""
+    return unit(topics[rng.integers(0, len(topics), n)] + 0.35 * rng.standard_normal((n, topics.shape[1])))
+
+
+def kill_rounds(cmd, pause, rounds=6):
+    """Run ``cmd`` ``rounds`` times on one index; every run but the last is killed -9 once it has
+    printed its first line and ``pause(proc)`` returned (the output lines ``pause`` read). Yields
+    (round, the run's whole stdout, kills so far) after each run, for the caller's checks."""
+    import signal
+    import subprocess
+
+    kills = 0
+    for round_ in range(rounds):
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        first = proc.stdout.readline()
+        if round_ < rounds - 1:
+            first += pause(proc)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+        out, err = proc.communicate()
+        assert proc.returncode in (0, -signal.SIGKILL), err.decode()
+        yield round_, first + out, kills
+
+
+def assert_store_intact(store, ids, all_ids):
+    """After a kill: every page still there once, in its document, and every checksum right."""
+    assert sorted(store.live_page_ids().tolist()) == all_ids  # nothing lost, nothing doubled
+    assert store.verify() == len(all_ids)
+    for doc, doc_ids in ids.items():
+        assert list(store.page_ids_of(doc)) == doc_ids

@@ -6,21 +6,18 @@ from indexer.codecs import (
 )
 from scoring.coded_maxsim import maxsim_codes, maxsim_codes_batch
 from scoring.maxsim import EMPTY_PAGE_SCORE, maxsim_batch
+from tests.indexer import indexer_fakes as fakes
+from tests.indexer.indexer_fakes import unit
 
 DIM = 16
 SCALAR = [n for n in CODECS if not n.startswith("pq-")]  # pq-M codecs: tests/indexer/test_indexer_codecs_pq.py
-
-
-def unit(x):
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
 TOPICS = unit(np.random.default_rng(99).standard_normal((12, DIM)))
 
 
 def clustered(rng, n):
-    """Unit tokens around a few fixed topics, like a real collection (not uniform noise)."""
-    return unit(TOPICS[rng.integers(0, len(TOPICS), n)] + 0.35 * rng.standard_normal((n, DIM)))
+    return fakes.clustered(rng, n, TOPICS)
 
 
 @pytest.fixture(scope="module")

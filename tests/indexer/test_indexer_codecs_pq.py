@@ -9,22 +9,19 @@ from indexer.codecs import (
 )
 from scoring.coded_maxsim import maxsim_codes, maxsim_codes_batch
 from scoring.maxsim import EMPTY_PAGE_SCORE, maxsim_batch
+from tests.indexer import indexer_fakes as fakes
+from tests.indexer.indexer_fakes import unit
 
 DIM = 64  # divisible by 16 and 32, so both registered widths apply
 N_CENTROIDS = 32
 FAST = {"n_centroids": N_CENTROIDS, "pq_niter": 10}  # fewer PQ k-means rounds than the default 25: test speed
 
 
-def unit(x):
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
-
-
 TOPICS = unit(np.random.default_rng(5).standard_normal((12, DIM)))
 
 
 def clustered(rng, n):
-    """Unit tokens around a few fixed topics, like a real collection (not uniform noise)."""
-    return unit(TOPICS[rng.integers(0, len(TOPICS), n)] + 0.35 * rng.standard_normal((n, DIM)))
+    return fakes.clustered(rng, n, TOPICS)
 
 
 @pytest.fixture(scope="module")

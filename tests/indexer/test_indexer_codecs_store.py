@@ -4,8 +4,6 @@ hostile codec state. The fp16 path must write exactly the bytes it always wrote.
 import json
 import os
 import random
-import signal
-import subprocess
 import sys
 import time
 import zlib
@@ -16,6 +14,7 @@ import pytest
 from engine.types import Embedding, PatchGrid
 from indexer.errors import CorruptIndexError
 from indexer.store import Store
+from tests.indexer.indexer_fakes import assert_store_intact, kill_rounds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENTRY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "codec_kill_entry.py")
@@ -254,24 +253,16 @@ def test_kill_9_during_recompress_then_rerun_finishes(tmp_path):
     s.close()
     all_ids = sorted(originals)
     rng = random.Random(11)
-    kills = 0
-    for round_ in range(6):
-        proc = subprocess.Popen([sys.executable, ENTRY, str(tmp_path / "idx"), "residual-2", "0.03", ROOT],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        first = proc.stdout.readline()  # started converting (or sampling): kill at a random moment after
+
+    def pause(_proc):  # started converting (or sampling): kill at a random moment after
         time.sleep(rng.uniform(0.0, 0.3))
-        if round_ < 5 and proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        out, err = proc.communicate()
-        out = first + out
-        assert proc.returncode in (0, -signal.SIGKILL), err.decode()
+        return b""
+
+    cmd = [sys.executable, ENTRY, str(tmp_path / "idx"), "residual-2", "0.03", ROOT]
+    for round_, out, kills in kill_rounds(cmd, pause):
         r = Store.open(tmp_path / "idx")
         try:
-            assert sorted(r.live_page_ids().tolist()) == all_ids  # nothing lost, nothing doubled
-            assert r.verify() == len(all_ids)
-            for doc, doc_ids in ids.items():
-                assert list(r.page_ids_of(doc)) == doc_ids
+            assert_store_intact(r, ids, all_ids)
             got = r.multi_vectors(all_ids)
             cos = [float((g.astype(np.float32) * originals[i].multi).sum(1).mean()) for g, i in zip(got, all_ids)]
             assert min(cos) > 0.5

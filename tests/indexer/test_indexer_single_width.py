@@ -4,9 +4,7 @@ hostile manifests, the unchanged default, recompress (with kill -9) and compacti
 import json
 import os
 import random
-import signal
 import sqlite3
-import subprocess
 import sys
 import time
 
@@ -17,6 +15,7 @@ from engine.types import Embedding
 from indexer import manifest as manifest_module
 from indexer.errors import CorruptIndexError, DimensionMismatchError, IndexFormatError
 from indexer.store import Store
+from tests.indexer.indexer_fakes import assert_store_intact, kill_rounds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENTRY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "single_kill_entry.py")
@@ -284,27 +283,17 @@ def test_kill_9_during_single_recompress_then_rerun_finishes(tmp_path):
     all_ids = sorted(originals)
     want = np.stack([by_hand(originals[i].single, 128) for i in all_ids])
     rng = random.Random(5)
-    kills = 0
-    for round_ in range(6):
-        proc = subprocess.Popen([sys.executable, ENTRY, str(tmp_path / "idx"), "128", "fp16", "0.03", ROOT],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        first = proc.stdout.readline()  # converting: kill after a random number of commits, at a random moment
-        if round_ < 5:
-            for _ in range(rng.randint(0, 2)):
-                first += proc.stdout.readline()
-            time.sleep(rng.uniform(0.0, 0.03))
-        if round_ < 5 and proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        out, err = proc.communicate()
-        out = first + out
-        assert proc.returncode in (0, -signal.SIGKILL), err.decode()
+
+    def pause(proc):  # kill after a random number of commits, at a random moment
+        lines = b"".join(proc.stdout.readline() for _ in range(rng.randint(0, 2)))
+        time.sleep(rng.uniform(0.0, 0.03))
+        return lines
+
+    cmd = [sys.executable, ENTRY, str(tmp_path / "idx"), "128", "fp16", "0.03", ROOT]
+    for round_, out, kills in kill_rounds(cmd, pause):
         r = Store.open(tmp_path / "idx")
         try:
-            assert sorted(r.live_page_ids().tolist()) == all_ids  # nothing lost, nothing doubled
-            assert r.verify() == len(all_ids)
-            for doc, doc_ids in ids.items():
-                assert list(r.page_ids_of(doc)) == doc_ids
+            assert_store_intact(r, ids, all_ids)
             got = r.single_vectors(all_ids)  # converted rows and not-yet-converted ones read alike
             assert got.shape == (len(all_ids), 128)
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-3)
