@@ -111,6 +111,10 @@ def main() -> None:
         shutil.rmtree(folder, ignore_errors=True)
         folder.parent.mkdir(parents=True, exist_ok=True)
         index = pagelens.Index.create(folder, single_dim=2048, multi_dim=128, compact=True)
+        # queries come from batches spread over the whole run, so late pages are asked for too
+        n_batches = -(-args.pages // args.batch)
+        per_batch = max(1, -(-args.queries // n_batches))
+        stride = max(1, n_batches // -(-args.queries // per_batch))
         t0 = time.perf_counter()
         n_tokens = 0
         for first, pages, centres in page_batches(world, args.pages, args.tokens, args.batch, seed=7):
@@ -119,8 +123,8 @@ def main() -> None:
                 index.add_embeddings(f"synthetic://doc-{first + d:08d}",
                                      [pagelens.Embedding(single=s, multi=m) for s, m in chunk])
                 n_tokens += sum(len(m) for _s, m in chunk)
-            if len(qs) < args.queries:
-                qs += queries(world, centres, first, max(1, args.queries // 10), seed=first)
+            if len(qs) < args.queries and (first // args.batch) % stride == 0:
+                qs += queries(world, centres, first, per_batch, seed=first)
             done = first + len(pages)
             if done % (args.batch * 10) == 0 or done == args.pages:
                 el = time.perf_counter() - t0

@@ -51,6 +51,25 @@ class Snapshot:
         start = int(self.multi_offset[pos])
         return self.maps[int(self.multi_shard[pos])][start:start + int(self.n_tokens[pos])]
 
+    def multi_rows(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the stored token rows of the pages at ``positions``, concatenated in order; their row
+        counts). One gather per shard instead of a memmap slice per page: slicing a memmap costs
+        ~40 us of Python per page, most of a 1,000-page compact rerank. Locations were checked
+        against the committed rows when the snapshot was loaded (``_check_locations``)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        shards, starts, lens = self.multi_shard[positions], self.multi_offset[positions], self.n_tokens[positions]
+        ends = np.cumsum(lens)
+        src = np.arange(int(ends[-1]) if len(ends) else 0, dtype=np.int64) + np.repeat(starts - (ends - lens), lens)
+        first = np.asarray(self.maps[int(shards[0])]) if len(shards) else None
+        if first is None or (shards == shards[0]).all():
+            return (first[src] if first is not None else np.zeros((0, 0), np.float16)), lens
+        token_shard = np.repeat(shards, lens)
+        out = np.empty((len(src),) + first.shape[1:], dtype=first.dtype)
+        for sid in np.unique(shards).tolist():
+            at = np.flatnonzero(token_shard == sid)
+            out[at] = np.asarray(self.maps[sid])[src[at]]
+        return out, lens
+
     def codec_version(self, pos: int) -> int | None:
         """The codec state of a page's stored token rows, or None for raw float16 rows."""
         return self.versions.get(int(self.multi_shard[pos]))

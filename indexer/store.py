@@ -694,12 +694,14 @@ class Store:
             else:
                 coded.setdefault(version, []).append(i)
         for version, items in coded.items():
-            # one decode per codec state for the whole batch: per-page calls cost a search 5x the
-            # decoding itself (a 200-page shortlist of pq-16 pages, benchmarks/compact_search.py)
-            rows = [snap.multi(pos[i]) for i in items]
-            flat = self.codec_state(version).decode(np.concatenate(rows) if len(rows) > 1 else rows[0])
-            for i, part in zip(items, np.split(flat, np.cumsum([len(r) for r in rows])[:-1])):
-                out[i] = part
+            # one gather and one decode per codec state for the whole batch: per-page calls cost a
+            # search 5x the decoding itself (a 200-page shortlist of pq-16 pages,
+            # benchmarks/compact_search.py)
+            rows, lens = snap.multi_rows(pos[items])
+            flat = self.codec_state(version).decode(rows)
+            ends = np.cumsum(lens).tolist()
+            for i, a, b in zip(items, [0] + ends[:-1], ends):
+                out[i] = flat[a:b]
         return out
 
     def token_codebook(self) -> tuple[int, np.ndarray] | None:
@@ -720,8 +722,16 @@ class Store:
         codes of codec ``version``, else None (raw float16 rows, or another codec state)."""
         snap = self._snapshot()
         codec = self.codec_state(int(version)).codec
-        return [codec.centroid_ids(snap.multi(p)).astype(np.int64) if snap.codec_version(p) == version else None
-                for p in snap.positions(page_ids)]
+        pos = snap.positions(page_ids)
+        out: list[np.ndarray | None] = [None] * len(pos)
+        items = [i for i, p in enumerate(pos) if snap.codec_version(p) == version]
+        if items:
+            rows, lens = snap.multi_rows(pos[items])
+            flat = codec.centroid_ids(rows).astype(np.int64)
+            ends = np.cumsum(lens).tolist()
+            for i, a, b in zip(items, [0] + ends[:-1], ends):
+                out[i] = flat[a:b]
+        return out
 
     def pages_info(self, page_ids) -> list[tuple[str, int]]:
         """(document path, page number) for each page id, in order."""

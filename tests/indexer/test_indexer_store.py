@@ -222,3 +222,23 @@ def test_automatic_compaction_after_removal_past_threshold(store):
     store.add_document(src("/c.pdf"), [emb(3, tokens=10)])
     store.remove_document("/b.pdf")
     assert store.dead_bytes() == 0 and store.stats().pages == 1
+
+
+def test_multi_rows_gathers_pages_across_shards_in_order():
+    """The batched gather a compact rerank uses must equal the per-page slices, whatever shard
+    each page sits in and in whatever order the pages are asked for."""
+    from indexer.snapshot import Snapshot
+
+    rng = np.random.default_rng(3)
+    maps = {1: rng.integers(0, 255, (50, 6)).astype(np.uint8), 2: rng.integers(0, 255, (40, 6)).astype(np.uint8)}
+    shard = np.array([1, 2, 1, 2, 2], np.int64)
+    offset = np.array([0, 5, 20, 0, 30], np.int64)
+    n = np.array([5, 7, 30, 5, 10], np.int64)
+    zeros = np.zeros(5, np.int64)
+    snap = Snapshot(page_ids=np.arange(1, 6), document_ids=zeros, page_numbers=zeros, multi_shard=shard,
+                    multi_offset=offset, n_tokens=n, single_shard=zeros, single_row=zeros, crc32=zeros,
+                    paths={}, maps=maps)
+    for order in ([0, 1, 2, 3, 4], [4, 2, 0], [3], [1, 3, 4], [2, 2, 0]):
+        rows, lens = snap.multi_rows(np.array(order))
+        assert lens.tolist() == n[order].tolist()
+        assert np.array_equal(rows, np.concatenate([snap.multi(p) for p in order]))
