@@ -35,12 +35,13 @@ from indexer.shards import (
 )
 from indexer.codecs import make_codec
 from indexer import single_store
-from indexer.snapshot import Snapshot, load_snapshot
+from indexer import page_cache
+from indexer.snapshot import Snapshot, load_snapshot, save_page_table
 from indexer.sources import SourceFile, absolute, display_path, path_key, read_source
 from indexer.writer import DocumentWriter, as_embedding
 
 _OWN_NAMES = {MANIFEST_NAME, LOCK_NAME, DERIVED_DIR, SHARD_DIR, cat.CATALOGUE_NAME,
-              cat.CATALOGUE_NAME + "-wal", cat.CATALOGUE_NAME + "-shm", MANIFEST_NAME + ".tmp"}
+              cat.CATALOGUE_NAME + "-wal", cat.CATALOGUE_NAME + "-shm", MANIFEST_NAME + ".tmp", page_cache.CACHE_NAME}
 _OWN_FILES = (MANIFEST_NAME, LOCK_NAME, cat.CATALOGUE_NAME, cat.CATALOGUE_NAME + "-wal", cat.CATALOGUE_NAME + "-shm")
 _URI = re.compile(r"\A[A-Za-z][A-Za-z0-9+.-]*://")
 _CATALOGUE_HINT = ("restore catalogue.sqlite from a backup, or rebuild the index by indexing into a new --index "
@@ -280,6 +281,10 @@ class Store:
         # recompress) are orphans, like shard files; stale temp files of them too
         keep = {shard_codec_version(name) for _s, _k, name, _c in rows} | {self._meta_codec_version()}
         for name in os.listdir(self.directory):
+            if page_cache.is_temp_name(name):  # a page-table cache a killed writer did not finish
+                freed += _size(os.path.join(self.directory, name))
+                os.unlink(os.path.join(self.directory, name))
+                continue
             version = parse_codec_file_name(name[:-4] if name.endswith(".tmp") else name)
             if version is not None and (name.endswith(".tmp") or version not in keep):
                 path = os.path.join(self.directory, name)
@@ -295,6 +300,10 @@ class Store:
         self._snap = None
         if self._db is not None:
             if self.writable:
+                try:  # a large index opens from a copy of its page table (indexer/page_cache.py)
+                    save_page_table(self._db, self.directory)
+                except Exception:  # a cache: never a reason for close() to fail
+                    pass
                 try:  # fold the WAL back into the catalogue so a closed index is one file
                     self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 except Exception:
@@ -649,6 +658,9 @@ class Store:
 
     def _snapshot(self) -> Snapshot:
         if self._snap is None:
+            # the state about to be read is at least this new: a refresh() right after open (every
+            # search makes one) must not read a million-row page table a second time
+            self._data_version = self._db.execute("PRAGMA data_version").fetchone()[0]
             self._snap = load_snapshot(self._db, self.directory, {"multi": self.multi_dim, "single": self.single_dim},
                                        layout=self.shard_layout)
         return self._snap
@@ -1055,8 +1067,8 @@ class Store:
             "SELECT COUNT(*), COALESCE(SUM(p.n_tokens), 0) FROM pages p JOIN documents d ON d.id = p.document_id"
             " WHERE d.status = 'indexed' AND d.complete = 1").fetchone()
         parts = {"catalogue": 0, "multi_vectors": 0, "single_vectors": 0, "manifest": 0, DERIVED_DIR: 0}
-        for suffix in ("", "-wal", "-shm"):
-            parts["catalogue"] += _size(os.path.join(self.directory, cat.CATALOGUE_NAME + suffix))
+        for name in (cat.CATALOGUE_NAME, cat.CATALOGUE_NAME + "-wal", cat.CATALOGUE_NAME + "-shm", page_cache.CACHE_NAME):
+            parts["catalogue"] += _size(os.path.join(self.directory, name))
         for sid, kind, path, _rows in self.shards():
             parts[f"{kind}_vectors"] += _size(path)
         parts["manifest"] = _size(os.path.join(self.directory, MANIFEST_NAME))

@@ -65,7 +65,9 @@ def compact_candidates(live_pages: int) -> int:
     Measured on 100k synthetic pages x 64 tokens of pq-16 codes (benchmarks/million.py), recall@10
     against exhaustive over the same codes: 0.818 / 0.944 / 0.994 / 1.000 at K = 400 / 800 / 1,200 /
     1,600, p50 24 / 44 / 77 / 102 ms; on 3k real pages K = 200 already finds what exhaustive finds
-    over the codes (0.856 against 0.860). nprobe 8 or 16 instead of 4 changed nothing (0.944 / 0.936)."""
+    over the codes (0.856 against 0.860). nprobe 8 or 16 instead of 4 changed nothing (0.944 / 0.936).
+    At 1M pages x 64 tokens K = 1,600 gives only 0.600 (p50 135 ms): the lists' pre-scores tie across a
+    whole topic there, and a finer generator is needed (README, "Compact storage")."""
     return int(min(MAX_COMPACT_CANDIDATES, max(default_candidates(live_pages), live_pages // 80)))
 
 

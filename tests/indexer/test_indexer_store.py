@@ -242,3 +242,22 @@ def test_multi_rows_gathers_pages_across_shards_in_order():
         rows, lens = snap.multi_rows(np.array(order))
         assert lens.tolist() == n[order].tolist()
         assert np.array_equal(rows, np.concatenate([snap.multi(p) for p in order]))
+
+
+def test_refresh_right_after_open_reads_the_page_table_once(store, monkeypatch):
+    """Every search refreshes; right after open nothing changed, so the page table (a million rows
+    on a 1M-page index, seconds to read) must not be read again. After another connection commits,
+    it must be."""
+    from indexer import store as store_module
+
+    store.add_document(src("/a.pdf"), [emb(1), emb(2)])
+    loads = []
+    real = store_module.load_snapshot
+    monkeypatch.setattr(store_module, "load_snapshot", lambda *a, **kw: loads.append(1) or real(*a, **kw))
+    reader = Store.open(store.directory)
+    assert len(loads) == 1
+    assert reader.refresh() is False and len(loads) == 1
+    store.add_document(src("/b.pdf"), [emb(3)])
+    assert reader.refresh() is True and len(loads) == 2
+    assert len(reader.live_page_ids()) == 3
+    reader.close()

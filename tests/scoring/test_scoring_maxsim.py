@@ -92,3 +92,27 @@ def test_bad_shapes_are_refused(rng):
         maxsim(rng.standard_normal((2, 16)), [np.zeros((3, 8), np.float16)])
     with pytest.raises(ValueError, match="2-D"):
         maxsim(rng.standard_normal(16), [])
+
+
+def test_float32_pages_on_cpu_do_not_import_torch():
+    """Decoded codes are float32: scoring them needs numpy only, and importing torch cost 3.4 s of
+    a fresh process's first search on a 1M-page compact index. fp16 pages still use torch."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, numpy as np\n"
+        "from scoring.maxsim import maxsim\n"
+        "rng = np.random.default_rng(0)\n"
+        "q = rng.standard_normal((4, 8)).astype(np.float32)\n"
+        "pages = [rng.standard_normal((n, 8)).astype(np.float32) for n in (3, 5)]\n"
+        "want = [float((q @ p.T).max(1).sum()) for p in pages]\n"
+        "got = maxsim(q, pages)\n"
+        "assert np.allclose(got, want, atol=1e-5), (got, want)\n"
+        "assert 'torch' not in sys.modules\n"
+        "maxsim(q, [p.astype(np.float16) for p in pages])\n"
+        "assert 'torch' in sys.modules\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", code], cwd=root, check=True, timeout=120)
