@@ -200,3 +200,14 @@ def assert_store_intact(store, ids, all_ids):
     assert store.verify() == len(all_ids)
     for doc, doc_ids in ids.items():
         assert list(store.page_ids_of(doc)) == doc_ids
+
+
+def rename_shard(index_dir, shard_id: int, old: str, new: str) -> None:
+    """Rename a shard file and the catalogue row naming it alike (a crafted but consistent index)."""
+    import sqlite3
+
+    os.rename(os.path.join(index_dir, "shards", old), os.path.join(index_dir, "shards", new))
+    db = sqlite3.connect(os.path.join(index_dir, "catalogue.sqlite"))
+    db.execute("UPDATE shards SET file = ? WHERE id = ?", (new, shard_id))
+    db.commit()
+    db.close()

@@ -14,7 +14,7 @@ import pytest
 from engine.types import Embedding, PatchGrid
 from indexer.errors import CorruptIndexError
 from indexer.store import Store
-from tests.indexer.indexer_fakes import assert_store_intact, kill_rounds
+from tests.indexer.indexer_fakes import assert_store_intact, kill_rounds, rename_shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENTRY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "codec_kill_entry.py")
@@ -229,16 +229,10 @@ def test_hostile_codec_state_is_refused(tmp_path, damage):
 
 
 def test_a_shard_naming_an_unknown_codec_version_is_refused(tmp_path):
-    import sqlite3
-
     s = make(tmp_path, "int8")
     s.add_document("/a.pdf", pages(2))
     s.close()
-    os.rename(tmp_path / "idx" / "shards" / "multi-000001.c1", tmp_path / "idx" / "shards" / "multi-000001.c7")
-    db = sqlite3.connect(tmp_path / "idx" / "catalogue.sqlite")
-    db.execute("UPDATE shards SET file = 'multi-000001.c7' WHERE id = 1")
-    db.commit()
-    db.close()
+    rename_shard(tmp_path / "idx", 1, "multi-000001.c1", "multi-000001.c7")
     with pytest.raises(CorruptIndexError, match="codec-v7"):
         Store.open(tmp_path / "idx")
 

@@ -4,7 +4,6 @@ hostile manifests, the unchanged default, recompress (with kill -9) and compacti
 import json
 import os
 import random
-import sqlite3
 import sys
 import time
 
@@ -15,7 +14,7 @@ from engine.types import Embedding
 from indexer import manifest as manifest_module
 from indexer.errors import CorruptIndexError, DimensionMismatchError, IndexFormatError
 from indexer.store import Store
-from tests.indexer.indexer_fakes import assert_store_intact, kill_rounds
+from tests.indexer.indexer_fakes import assert_store_intact, kill_rounds, rename_shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENTRY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "single_kill_entry.py")
@@ -190,11 +189,7 @@ def test_a_catalogue_naming_an_f16_shard_in_an_fp32_index_is_refused(tmp_path):
     s = make(tmp_path)
     s.add_document("/a.pdf", pages(2))
     s.close()
-    os.rename(tmp_path / "idx" / "shards" / "single-000002.f32", tmp_path / "idx" / "shards" / "single-000002.f16")
-    db = sqlite3.connect(tmp_path / "idx" / "catalogue.sqlite")
-    db.execute("UPDATE shards SET file = 'single-000002.f16' WHERE id = 2")
-    db.commit()
-    db.close()
+    rename_shard(tmp_path / "idx", 2, "single-000002.f32", "single-000002.f16")
     with pytest.raises(CorruptIndexError):
         Store.open(tmp_path / "idx")
     with pytest.raises(CorruptIndexError):
