@@ -1,14 +1,17 @@
 """Compact index at scale: the default compact search against the pooled-means generator first
 (issue 11, section 2; the README's "Compact storage" figures for pooled-first search).
 
-Opens an index built by ``million.py`` (``--dir`` holds ``index/`` and ``queries.npz``), builds
-the derived structures in memory (nothing is written into the index) with ``pool_clusters`` means
-a page pooled from the decoded codes, and compares, in alternating blocks (the first block only
-warms up): the default compact generators (centroid lists + single vector), pooled first + lists
-+ single, and pooled first + single. Prints recall@10 against exhaustive MaxSim over the same codes
-and p50 / p95 latency for each, and the sync time including pooling.
+Opens an index built by ``million.py`` (``--dir`` holds ``index/`` and ``queries.npz``), or the
+compact profile of a real-text set (``--realtext``), builds the derived structures in memory
+(nothing is written into the index) with ``--means`` means a page pooled from the decoded codes
+(product-quantised in IVF lists: ``scoring/pooled.py``, COMPACT_*), and compares, in alternating
+blocks (the first block only warms up): the default compact generators (centroid lists + single
+vector), pooled first + lists + single, and pooled first + single at K and 1.5 K (a pooled-first
+shortlist is reranked whole). Prints recall@10 against exhaustive MaxSim over the same codes (and,
+on real text, against fp16 exhaustive), p50 / p95 latency, and the sync time including pooling.
 
-    python benchmarks/compact_pooled.py --dir /tmp/m100k --means 16 --queries 30
+    python benchmarks/compact_pooled.py --dir /tmp/m100k --queries 30
+    python benchmarks/compact_pooled.py --realtext large --queries 300   # real text (after compact_search.py)
 """
 
 from __future__ import annotations
@@ -26,45 +29,76 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pagelens  # noqa: E402
 from indexer.store import Store  # noqa: E402
 from pagelens.retrieval import Retriever  # noqa: E402
+from scoring.pooled import COMPACT_MEANS  # noqa: E402
+
+
+def load(args) -> tuple[Path, list, list | None]:
+    """(index folder, [(query multi, query single)], fp16 truth rows as page-id sets or None)."""
+    if args.realtext is None:
+        z = np.load(args.dir / "queries.npz")
+        return args.dir / "index", list(zip(z["multi"][: args.queries], z["single"][: args.queries])), None
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from realtext import DEFAULT_ROOT, exhaustive_truth, load_set  # noqa: PLC0415
+
+    ds = load_set(DEFAULT_ROOT, args.realtext, args.queries)
+    folder = DEFAULT_ROOT / f"compact-{args.realtext}" / "compact"
+    if not (folder / "manifest.json").exists():
+        sys.exit(f"no {folder}: run `python benchmarks/compact_search.py --set {args.realtext} --profiles compact`")
+    live = Store.open(folder).live_page_ids()  # pages were added in the set's order: ids ascend with rows
+    fp16 = DEFAULT_ROOT / f"index-{args.realtext}"
+    rows, _ = exhaustive_truth(pagelens.Index.open(fp16), ds, np.load(fp16 / "realtext-page-ids.npy"), fp16)
+    return folder, list(zip(ds.q_multi, ds.q_single)), [{int(live[r]) for r in row} for row in rows]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dir", type=Path, required=True, help="a million.py --dir (index/ and queries.npz)")
-    ap.add_argument("--means", type=int, default=8, help="pooled means a page")
+    ap.add_argument("--dir", type=Path, help="a million.py --dir (index/ and queries.npz)")
+    ap.add_argument("--realtext", default=None, help="or a real-text set (small, large) whose compact profile "
+                    "compact_search.py built; recall is then given against fp16 exhaustive too")
+    ap.add_argument("--means", type=int, default=COMPACT_MEANS, help="pooled means a page")
     ap.add_argument("--queries", type=int, default=30)
     ap.add_argument("--candidates", type=int, default=400, help="K for the pooled-first searches")
+    ap.add_argument("--per-token", type=int, default=2048, help="pooled neighbours per query token")
     args = ap.parse_args()
-    index = pagelens.Index.open(args.dir / "index")
-    z = np.load(args.dir / "queries.npz")
+    if (args.dir is None) == (args.realtext is None):
+        ap.error("give --dir or --realtext")
+    folder, qs, fp16_truth = load(args)
+    index = pagelens.Index.open(folder)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
-        retriever = Retriever(scratch, Store.open(args.dir / "index"), persist=False, pool_clusters=args.means,
-                              pooled=True)
+        retriever = Retriever(scratch, Store.open(folder), persist=False, pool_clusters=args.means, pooled=True)
         retriever.sync()
-    print(f"sync with pooling ({args.means} means a page): {time.perf_counter() - t0:.1f} s", flush=True)
-    qs = list(zip(z["multi"][: args.queries], z["single"][: args.queries]))
+    pooled_bytes = sum(np.asarray(v).nbytes for v in retriever.pooled.to_arrays().values())
+    print(f"sync with pooling ({args.means} means a page, {retriever.pooled.codec}): {time.perf_counter() - t0:.1f} s;"
+          f" pooled index {pooled_bytes / len(retriever.included):,.0f} B a page", flush=True)
     truth = [{h.page_id for h in t} for t in index.search_embeddings(
         [pagelens.Embedding(single=s, multi=q) for q, s in qs], k=10, exhaustive=True)]
-    k = args.candidates
+    k, pt = args.candidates, args.per_token
     configs = {
         "lists + single (default)": {},
-        f"pooled first + lists + single, K={k}": {"generators": ["pooled", "tokens", "single"], "candidates": k},
-        f"pooled first + single, K={k}": {"generators": ["pooled", "single"], "candidates": k},
+        f"pooled first + lists + single, K={k}": {"generators": ["pooled", "tokens", "single"], "candidates": k,
+                                                  "per_token": pt},
+        f"pooled first + single, K={k}": {"generators": ["pooled", "single"], "candidates": k, "per_token": pt},
+        f"pooled first + single, K={k * 3 // 2}": {"generators": ["pooled", "single"], "candidates": k * 3 // 2,
+                                                   "per_token": pt},
     }
     lat = {name: [] for name in configs}
     rec = {name: [] for name in configs}
+    rec16 = {name: [] for name in configs}
     for block in range(3):
         for name, kw in configs.items():
-            for (q, s), want in zip(qs, truth):
+            for i, ((q, s), want) in enumerate(zip(qs, truth)):
                 t1 = time.perf_counter()
                 hits = retriever.search(q, s, k=10, **kw)
                 if block:
                     lat[name].append((time.perf_counter() - t1) * 1e3)
                     rec[name].append(len({p for p, _ in hits} & want) / 10)
+                    if fp16_truth is not None:
+                        rec16[name].append(len({p for p, _ in hits} & fp16_truth[i]) / 10)
     for name in configs:
-        print(f"{name}: recall@10 {np.mean(rec[name]):.3f}, p50 {np.median(lat[name]):.1f} ms,"
-              f" p95 {np.percentile(lat[name], 95):.1f} ms")
+        extra = f" (against fp16 exhaustive {np.mean(rec16[name]):.3f})" if fp16_truth is not None else ""
+        print(f"{name}: recall@10 against exhaustive over the codes {np.mean(rec[name]):.3f}{extra},"
+              f" p50 {np.median(lat[name]):.1f} ms, p95 {np.percentile(lat[name], 95):.1f} ms")
 
 
 if __name__ == "__main__":

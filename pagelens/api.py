@@ -107,6 +107,21 @@ def clean_query(query: Any, what: str = "the query") -> str:
     return query
 
 
+def _check_generators(generators: Any) -> tuple[str, ...] | None:
+    """None (the index's defaults) or a non-empty list of known generator names."""
+    if generators is None:
+        return None
+    from scoring.rank import GENERATORS  # noqa: PLC0415 - numpy only
+
+    names = (generators,) if isinstance(generators, str) else tuple(generators)
+    if not names or any(not isinstance(g, str) or g not in GENERATORS for g in names):
+        raise PagelensError(
+            f"unknown candidate generators {list(names)!r}",
+            f"Choose from {list(GENERATORS)}, first the one whose ranking fills the shortlist, or leave it unset.",
+        )
+    return names
+
+
 def _check_search_args(k: Any, candidates: Any) -> None:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise PagelensError(f"k must be an integer of at least 1, got {k!r}", "Ask for k=1 or more pages.")
@@ -787,12 +802,17 @@ class Index:
         self._store.refresh()  # a long-lived reader sees pages committed since it opened
         return len(self._store.live_page_ids()) > 0
 
-    def search(self, query: str, *, k: int = 10, candidates: int | None = None, exhaustive: bool = False) -> list[Hit]:
+    def search(self, query: str, *, k: int = 10, candidates: int | None = None, exhaustive: bool = False,
+               generators: Sequence[str] | None = None) -> list[Hit]:
         """Find the k pages that best answer ``query``, best first.
 
         ``candidates`` (default 200) is the shortlist the exact MaxSim rerank sees, raised to ``k``
-        when smaller; an index with at least k pages always gives k hits."""
-        return self.search_batch([query], k=k, candidates=candidates, exhaustive=exhaustive)[0]
+        when smaller; an index with at least k pages always gives k hits.
+        ``generators``: the candidate generators, first the one that fills the shortlist (default:
+        ["ann", "single"], or ["tokens", "single"] on a compact index; "pooled" builds per-page
+        pooled means on first use: README, "Compact storage", says when it is the better first)."""
+        return self.search_batch([query], k=k, candidates=candidates, exhaustive=exhaustive,
+                                 generators=generators)[0]
 
     def search_batch(
         self,
@@ -802,25 +822,30 @@ class Index:
         candidates: int | None = None,
         exhaustive: bool = False,
         batch_size: int = 8,
+        generators: Sequence[str] | None = None,
     ) -> list[list[Hit]]:
         """Search many queries at once; the encoder batches them. An index with no pages gives
         empty results without loading the model."""
         if isinstance(queries, str):
             queries = [queries]
         _check_search_args(k, candidates)
+        generators = _check_generators(generators)
         texts = [clean_query(q, "the query" if len(queries) == 1 else f"query {i + 1}") for i, q in enumerate(queries)]
         if self.identity is None and self._encoder is None:
             raise self._no_model()
         if not texts or not self._has_pages():
             return [[] for _ in texts]
         embeddings = self.encoder.encode_queries(texts, batch_size=batch_size, show_progress_bar=False)
-        return self.search_embeddings(embeddings, k=k, candidates=candidates, exhaustive=exhaustive)
+        return self.search_embeddings(embeddings, k=k, candidates=candidates, exhaustive=exhaustive,
+                                      generators=generators)
 
     def search_embedding(
-        self, embedding: Embedding, *, k: int = 10, candidates: int | None = None, exhaustive: bool = False
+        self, embedding: Embedding, *, k: int = 10, candidates: int | None = None, exhaustive: bool = False,
+        generators: Sequence[str] | None = None,
     ) -> list[Hit]:
         """Search with a query embedding made elsewhere (bring your own)."""
-        return self.search_embeddings([embedding], k=k, candidates=candidates, exhaustive=exhaustive)[0]
+        return self.search_embeddings([embedding], k=k, candidates=candidates, exhaustive=exhaustive,
+                                      generators=generators)[0]
 
     def search_embeddings(
         self,
@@ -829,8 +854,10 @@ class Index:
         k: int = 10,
         candidates: int | None = None,
         exhaustive: bool = False,
+        generators: Sequence[str] | None = None,
     ) -> list[list[Hit]]:
         _check_search_args(k, candidates)
+        generators = _check_generators(generators)
         store = self._store
         embeddings = list(embeddings)
         for i, emb in enumerate(embeddings):
@@ -847,6 +874,7 @@ class Index:
             k=int(k),
             candidates=None if candidates is None else int(candidates),
             exhaustive=exhaustive,
+            generators=generators,
         )
         return [self._hits(scored) for scored in results]
 

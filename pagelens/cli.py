@@ -451,6 +451,12 @@ def search_command(
         "stage adds a quarter as many); at least 1, and raised to -k when smaller (default: 200 up to 6,000 pages, then one per 30 pages, at most 800).",
     ),
     exhaustive: bool = typer.Option(False, "--exhaustive", help="Score every page by exact MaxSim (slow; ground truth)."),
+    generators: Optional[str] = typer.Option(
+        None, "--generators",
+        help="Candidate generators, comma-separated, the first filling the shortlist: ann, single, tokens, pooled "
+        "(default ann,single; tokens,single on a compact index). pooled,single suits a large compact index whose "
+        "pages share topics (README, 'Compact storage'); pooled is built on first use.",
+    ),
     model: Optional[str] = typer.Option(
         None, "--model", "-m", envvar="PAGELENS_MODEL",
         help="Where the index's model is now, if it moved (default: the location recorded in the index).",
@@ -463,7 +469,8 @@ def search_command(
 
     def work() -> Any:
         with Index.open(index, model=model, device=device, on_event=_notices(not as_json)) as idx:
-            return idx.search(query, k=k, candidates=candidates, exhaustive=exhaustive)
+            return idx.search(query, k=k, candidates=candidates, exhaustive=exhaustive,
+                              generators=None if generators is None else [g.strip() for g in generators.split(",")])
 
     hits = _run(work, index=index)
     if as_json:

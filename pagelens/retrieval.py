@@ -37,7 +37,7 @@ import numpy as np
 from indexer.shards import atomic_write_json, fsync_dir, open_nofollow
 from scoring import rank
 from scoring.faiss_io import map_index
-from scoring.pooled import DEFAULT_CLUSTERS, PooledIndex
+from scoring.pooled import COMPACT_CODEC, COMPACT_MEANS, DEFAULT_CLUSTERS, PooledIndex
 from scoring.prefilter import KINDS, SinglePrefilter
 from scoring.source import VectorSource
 from scoring.threads import single_threaded
@@ -107,7 +107,7 @@ class Retriever:
         min_train_tokens: int = MIN_TRAIN_TOKENS,
         seed: int = 0,
         token_codebook: bool = False,
-        pool_clusters: int = DEFAULT_CLUSTERS,
+        pool_clusters: int | None = None,
         persist: bool = True,
         pooled: bool = False,
     ):
@@ -119,7 +119,8 @@ class Retriever:
         self.min_train_tokens = int(min_train_tokens)
         self.seed = int(seed)
         self.token_codebook = bool(token_codebook)
-        self.pool_clusters = int(pool_clusters)
+        # None: DEFAULT_CLUSTERS means a page, or COMPACT_MEANS over a compact index's codes
+        self._requested_clusters = None if pool_clusters is None else int(pool_clusters)
         # the m-means pooled index ("pooled") is built only once a search asks for it, like the
         # codebook; the default token generator is the all-token index ("ann", scoring/pooled.py)
         self.pooled_enabled = bool(pooled)
@@ -146,10 +147,21 @@ class Retriever:
         self.compact_codec: int | None = None if book is None else int(book[0])
         if book is not None:  # compact: lists over the codec's centroids replace the all-token copy
             self.tokens, self.ann = TokenIndex(book[1], version=self.compact_codec), None
-        self.pooled = PooledIndex(self.source.multi_dim, m=self.pool_clusters) if self.pooled_enabled else None
+        self.pooled = self._new_pooled() if self.pooled_enabled else None
         self.included = np.zeros(0, dtype=np.int64)  # sorted ids the structures hold
         self.watermark = -1
         self.trained_tokens = 0
+
+    @property
+    def pool_clusters(self) -> int:
+        if self._requested_clusters is not None:
+            return self._requested_clusters
+        return COMPACT_MEANS if self.compact else DEFAULT_CLUSTERS
+
+    def _new_pooled(self) -> PooledIndex:
+        """The pooled generator, built once a search asks for "pooled": over a compact index 16 means
+        a page, product-quantised (``scoring/pooled.py``, COMPACT_*); elsewhere float32."""
+        return PooledIndex(self.source.multi_dim, m=self.pool_clusters, codec=COMPACT_CODEC if self.compact else None)
 
     def _source_codebook(self) -> tuple[int, np.ndarray] | None:
         """The source's centroid codec (``Store.token_codebook``), when it stores tokens as codes that
@@ -207,7 +219,9 @@ class Retriever:
                 raise ValueError("token index does not match the state")
             if not self.compact and (ann is None or not np.array_equal(ann.live_ids(), included) or ann.m != 0):
                 raise ValueError("token index does not match the state")
-            if pooled is not None and (not np.array_equal(pooled.live_ids(), included) or pooled.m != self.pool_clusters):
+            want = self._new_pooled() if pooled is not None else None
+            if pooled is not None and (not np.array_equal(pooled.live_ids(), included) or pooled.m != want.m
+                                       or pooled.codec != want.codec):
                 raise ValueError("pooled index does not match the state")
             if pooled is None and self.pooled_enabled:
                 raise ValueError("pooled index asked for but not saved")
@@ -324,7 +338,9 @@ class Retriever:
             batch = added[start : start + READ_BATCH_PAGES * 8]
             self.prefilter.add(batch, self.source.single_vectors(batch))
         batches = (added[a : a + READ_BATCH_PAGES] for a in range(0, len(added), READ_BATCH_PAGES))
-        if self.compact:
+        if self.compact and self.pooled is not None:  # one pooled add: IVF-PQ trained once, not regrown
+            self.pooled.add_batches((b, self._add_coarse(b)) for b in batches)
+        elif self.compact:
             for b in batches:
                 self._add_coarse(b)
         else:
@@ -344,18 +360,18 @@ class Retriever:
             self.pooled.add(batch, pages)
         return pages
 
-    def _add_coarse(self, batch: np.ndarray) -> None:
-        """Compact mode: enter a batch in the centroid lists from its stored centroid ids; pages not
-        stored under this codec (raw rows from before training) are assigned from their vectors."""
+    def _add_coarse(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Compact mode: enter a batch in the centroid lists from its stored centroid ids (pages not
+        stored under this codec, raw rows from before training, are assigned from their vectors);
+        returns the batch's decoded pages, for the pooled index."""
         ids = list(self.source.coarse_ids(batch, self.compact_codec))
-        other = [i for i, a in enumerate(ids) if a is None]
-        if other or self.pooled is not None:
-            pages = list(self.source.multi_vectors(batch))
-            for i in other:
+        need = self.pooled is not None or any(a is None for a in ids)
+        pages = list(self.source.multi_vectors(batch)) if need else []
+        for i, a in enumerate(ids):
+            if a is None:
                 ids[i] = self.tokens.assign(np.asarray(pages[i], dtype=np.float32))
-            if self.pooled is not None:
-                self.pooled.add(batch, pages)
         self.tokens.add_assigned(batch, ids)
+        return pages
 
     def _enable_pooled(self) -> None:
         """First search asking for "pooled": pool every page now and keep the index from then on."""
@@ -365,7 +381,7 @@ class Retriever:
         self.sync()  # pools what is live now: removed pages may no longer be readable
         if self.pooled is not None:  # the sync loaded a generation that has one
             return
-        pooled = PooledIndex(self.source.multi_dim, m=self.pool_clusters)
+        pooled = self._new_pooled()
         batches = (self.included[a : a + READ_BATCH_PAGES] for a in range(0, len(self.included), READ_BATCH_PAGES))
         pooled.add_batches((b, list(self.source.multi_vectors(b))) for b in batches)
         self.pooled = pooled

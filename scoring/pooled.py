@@ -44,6 +44,19 @@ DEFAULT_PER_TOKEN = 1024
 ALL_TOKEN_NPROBE = 8
 POOLED_NPROBE = 32
 FLAT_MAX_VECTORS = 50_000  # flat scan of 160k x 128 fp32 (10k pages) took ~25 ms of a 35 ms search; IVF above
+# A compact index's pooled generator: 16 means a page pooled from the decoded codes, product-quantised
+# in IVF lists (32 B + an 8 B id a vector: 640 B a page). Measured on 1M synthetic pages x 64 tokens
+# (benchmarks/compact_pooled.py; README, "Compact storage"): its order separates the pages of one topic,
+# which the centroid lists' pre-scores cannot (they tie across the topic).
+COMPACT_MEANS = 16
+COMPACT_CODEC = "pq32"
+COMPACT_NPROBE = 16  # at 1M pages x 16 means (sq8) recall@10 0.970 at 16 probes and at 32, p50 54 / 83 ms
+PQ_MIN_VECTORS = 10_000  # PQ's k-means wants ~39 x 256 points; fewer vectors stay in a float32 flat index
+
+
+def pooled_nprobe(m: int, codec: str) -> int:
+    """IVF lists probed per query token: a search setting, so a loaded index takes today's value."""
+    return ALL_TOKEN_NPROBE if m == 0 else COMPACT_NPROBE if codec.startswith("pq") else POOLED_NPROBE
 
 
 class PooledIndex:
@@ -57,14 +70,19 @@ class PooledIndex:
             raise ValueError(f"m must be 0 (every token) or in [1, {SLOTS}], got {m}")
         self.m, self.iterations, self.slots = int(m), int(iterations), slots
         codec = ("sq8" if m == 0 else "flat") if codec is None else codec
-        self.index = SinglePrefilter(dim, kind=kind, flat_max=FLAT_MAX_VECTORS, large_kind="ivf",
-                                     nprobe=ALL_TOKEN_NPROBE if m == 0 else POOLED_NPROBE, lists_per_sqrt=2.0, codec=codec)
+        flat_max = PQ_MIN_VECTORS if codec.startswith("pq") else FLAT_MAX_VECTORS
+        self.index = SinglePrefilter(dim, kind=kind, flat_max=flat_max, large_kind="ivf",
+                                     nprobe=pooled_nprobe(m, codec), lists_per_sqrt=2.0, codec=codec)
         self.page_ids = np.zeros(0, dtype=np.int64)
         self.counts = np.zeros(0, dtype=np.int64)
 
     @property
     def dim(self) -> int:
         return self.index.dim
+
+    @property
+    def codec(self) -> str:
+        return self.index.codec
 
     def __len__(self) -> int:
         return len(self.page_ids)
@@ -90,7 +108,9 @@ class PooledIndex:
             if np.isin(ids, self.page_ids).any():
                 raise ValueError("some page ids are already in the pooled index; remove them first")
             vectors, counts = self._vectors_of(pages)
-            all_ids.append(ids), all_counts.append(counts), all_vec.append(vectors)
+            # held as float16 until FAISS widens them chunk by chunk: 1M pages x 16 means would
+            # otherwise wait in memory as 8 GB of float32 before the one add
+            all_ids.append(ids), all_counts.append(counts), all_vec.append(vectors.astype(np.float16, copy=False))
             all_sub.append(np.repeat(ids * self.slots, counts) + _ranks(counts))
         if not all_ids or sum(len(i) for i in all_ids) == 0:
             return
@@ -168,7 +188,7 @@ class PooledIndex:
         if not 0 <= self.m <= SLOTS or self.slots != (ALL_TOKEN_SLOTS if self.m == 0 else SLOTS):
             raise ValueError("pooled index metadata is inconsistent; rebuild it from the store")
         self.index = SinglePrefilter.from_arrays({k[3:]: v for k, v in arrays.items() if k.startswith("ix_")})
-        self.index.nprobe = ALL_TOKEN_NPROBE if self.m == 0 else POOLED_NPROBE
+        self.index.nprobe = pooled_nprobe(self.m, self.index.codec)
         self.page_ids = np.array(arrays["page_ids"], dtype=np.int64)
         self.counts = np.array(arrays["counts"], dtype=np.int64)
         if (
@@ -187,4 +207,4 @@ def _ranks(counts: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) - starts
 
 
-__all__ = ["ALL_TOKEN_SLOTS", "DEFAULT_PER_TOKEN", "PooledIndex", "SLOTS"]
+__all__ = ["ALL_TOKEN_SLOTS", "COMPACT_CODEC", "COMPACT_MEANS", "DEFAULT_PER_TOKEN", "PooledIndex", "SLOTS", "pooled_nprobe"]

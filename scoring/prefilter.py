@@ -14,6 +14,7 @@ the index itself holds (nothing is re-read from the store).
 from __future__ import annotations
 
 import json
+import math
 
 import faiss
 import numpy as np
@@ -26,7 +27,9 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
 KINDS = ("auto", "flat", "hnsw", "ivf")
-CODECS = ("flat", "sq8")  # how IVF lists store vectors: float32, or 8 bits per dimension of the residual
+# How IVF lists store vectors: float32; 8 bits per dimension of the residual to the list's centroid;
+# or product-quantised residuals, N bytes a vector ("pq16": 16 sub-vectors of 8 bits)
+CODECS = ("flat", "sq8", "pq16", "pq32")
 ADD_CHUNK = 1 << 18  # rows widened to float32 at a time: a big first add never holds everything in fp32
 
 
@@ -56,7 +59,8 @@ class SinglePrefilter:
         ``lists_per_sqrt``: IVF lists per square root of the vector count;
         ``codec``: how IVF lists store vectors ("flat": float32, 4 B a dimension; "sq8": the residual
         to the list's centroid in 8 bits a dimension, a quarter of the memory, for the millions of
-        token vectors of ``pooled.PooledIndex(m=0)``)."""
+        token vectors of ``pooled.PooledIndex(m=0)``; "pq16" / "pq32": the residual product-quantised
+        in 16 / 32 bytes, for a compact index's pooled vectors)."""
         if kind not in KINDS or large_kind not in KINDS[2:]:
             raise ValueError(f"unknown prefilter kind {kind!r}/{large_kind!r}; choose one of {list(KINDS)}")
         if codec not in CODECS:
@@ -98,6 +102,10 @@ class SinglePrefilter:
         if self.codec == "sq8":
             ivf = faiss.IndexIVFScalarQuantizer(quantiser, self.dim, nlist, faiss.ScalarQuantizer.QT_8bit,
                                                 faiss.METRIC_INNER_PRODUCT)
+        elif self.codec.startswith("pq"):
+            # "pqN": N sub-vectors of 8 bits, or as many as divide a narrower width (16-d: 16)
+            subs = math.gcd(self.dim, int(self.codec[2:]))
+            ivf = faiss.IndexIVFPQ(quantiser, self.dim, nlist, subs, 8, faiss.METRIC_INNER_PRODUCT)
         else:
             ivf = faiss.IndexIVFFlat(quantiser, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
         ivf.cp.max_points_per_centroid = 64  # train on a sample: k-means over millions is minutes here
@@ -153,7 +161,8 @@ class SinglePrefilter:
             if not n:
                 continue
             codes = faiss.rev_swig_ptr(inv.get_codes(i), n * size).copy().reshape(n, size)
-            out = np.asarray(ivf.sq.decode(codes), dtype=np.float32).reshape(n, self.dim)
+            coder = ivf.pq if isinstance(ivf, faiss.IndexIVFPQ) else ivf.sq
+            out = np.asarray(coder.decode(codes), dtype=np.float32).reshape(n, self.dim)
             if ivf.by_residual:
                 out += centroids[i]
             all_ids.append(faiss.rev_swig_ptr(inv.get_ids(i), n).copy().astype(np.int64))

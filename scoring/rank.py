@@ -275,7 +275,7 @@ def search(
     ``unindexed_ids`` are live pages the derived structures do not hold yet: they are always
     reranked, so a lagging index never hides a new page.
 
-    ``early_stop``: when the first generator is a token index ("ann" or "pooled"), its pages are
+    ``early_stop``: when the first generator is the all-token index ("ann"), its pages are
     reranked in the order of their pre-scores: the first ``EARLY_STOP_HEAD`` (with each other
     generator's first ``QUOTA_ALWAYS``), then 100 at a time only while the next page's pre-score
     reaches the k-th exact score so far; the rest of the other generators' quotas are reranked
@@ -295,7 +295,11 @@ def search(
     if exhaustive_search or len(live_ids) <= candidates:
         return exhaustive(source, [query_multi], live_ids, k, device=device)[0]
     gens = check_generators(generators)
-    ordered = {"ann": ann, "pooled": pooled}.get(gens[0])
+    # Only the all-token index's pre-scores come close to bounding MaxSim (a page's own tokens
+    # were searched); a pooled mean can score far below the token it stands for, so a pooled-first
+    # shortlist is reranked whole (100k synthetic pages, 16 means: recall@10 0.987 with early
+    # stopping, 0.997 without, K = 200).
+    ordered = ann if gens[0] == "ann" else None
     if early_stop and ordered is not None and len(ordered):
         return _search_in_prescore_order(
             source, query_multi, query_single, ordered, gens[1:], prefilter=prefilter, tokens=tokens,

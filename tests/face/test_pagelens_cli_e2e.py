@@ -156,3 +156,13 @@ def test_a_moved_model_folder_is_found_with_model(tmp_path):
     other = write_tiny_checkpoint(tmp_path / "other", seed=1)  # different weights: refused
     refused = _invoke("search", "q", "--index", index, "--model", str(other))
     assert refused.exit_code == 4 and "revision" in refused.output
+
+
+def test_search_generators_option(built):
+    _root, _docs, _paths, index, _ = built
+    default = _invoke("search", "doc 1 page 2", "--index", index, "-k", "3", "--json")
+    chosen = _invoke("search", "doc 1 page 2", "--index", index, "-k", "3", "--json", "--generators", "pooled, single")
+    assert chosen.exit_code == 0, chosen.output
+    assert json.loads(chosen.stdout) == json.loads(default.stdout)  # 6 pages: exhaustive whatever generates
+    bad = _invoke("search", "doc 1 page 2", "--index", index, "--generators", "pooled,bogus")
+    assert bad.exit_code != 0 and "bogus" in bad.output and "single" in bad.output

@@ -185,3 +185,61 @@ def test_a_codec_trains_as_soon_as_it_is_due_not_at_close(tmp_path):
     assert store.stats().raw_pages == 0 and store.token_codebook() is not None
     store.close()
     index.close()
+
+
+def test_pooled_generator_over_a_compact_index_is_product_quantised_and_kept_in_step(tmp_path, monkeypatch):
+    """Asked for "pooled", a compact index pools each page's decoded codes into COMPACT_MEANS means,
+    product-quantised in IVF lists; the generation keeps it (a reopen rebuilds nothing), adds and
+    removals follow, and a pooled-first search finds a page from its own tokens."""
+    import faiss
+
+    import scoring.pooled as pooled_mod
+
+    monkeypatch.setattr(pooled_mod, "PQ_MIN_VECTORS", 500)  # 160 pages x 16 means: IVF-PQ, not flat
+    store, ids, embs = trained_store(tmp_path, "pq-16")
+    store.train_min_tokens = 100
+    store.maybe_train_codec()
+    r = Retriever(tmp_path / "derived", store)
+    r.sync()
+    assert r.compact and r.pooled is None  # built only when a search asks for it
+    gens = ["pooled", "single"]
+    found = 0
+    for i in range(0, len(ids), 16):
+        hits = r.search(embs[i].multi[:6], embs[i].single, k=5, candidates=20, generators=gens)
+        found += hits[0][0] == ids[i]
+    assert found >= 8
+    assert r.pooled.m == pooled_mod.COMPACT_MEANS and r.pooled.codec == pooled_mod.COMPACT_CODEC
+    assert isinstance(faiss.downcast_index(r.pooled.index._index), faiss.IndexIVFPQ)
+    np.testing.assert_array_equal(r.pooled.live_ids(), np.sort(ids))
+    gen = r._generation
+    again = Retriever(tmp_path / "derived", store)
+    assert again._generation == gen and again.pooled is not None and again.pooled.codec == pooled_mod.COMPACT_CODEC
+    more = clustered_pages(20, seed=9)
+    new_ids = store.add_document("/late.pdf", more)
+    store.remove_document("/doc0.pdf")
+    r.sync()
+    want = np.sort(np.concatenate([ids[40:], new_ids]))
+    np.testing.assert_array_equal(r.pooled.live_ids(), want)
+    assert r.search(more[4].multi[:6], more[4].single, k=3, candidates=20, generators=gens)[0][0] == new_ids[4]
+    # a generation pooled another way (float32, other m) is rebuilt, not trusted
+    other = Retriever(tmp_path / "derived", store, pool_clusters=8)
+    assert other.pooled is None
+
+
+def test_index_search_takes_generators_and_refuses_unknown_ones(tmp_path):
+    import pagelens
+    from pagelens.errors import PagelensError
+
+    index = pagelens.Index.create(tmp_path / "idx", single_dim=D_SINGLE, multi_dim=D_MULTI, compression="pq-16")
+    embs = clustered_pages(160, seed=4)
+    ids = index.add_embeddings("/a.pdf", embs)
+    found = 0
+    for i in range(0, 160, 16):
+        q = pagelens.Embedding(single=embs[i].single, multi=embs[i].multi[:6])
+        hits = index.search_embedding(q, k=3, candidates=20, generators=["pooled", "single"])
+        found += hits[0].page_id == ids[i]
+    assert found >= 8
+    for bad in (["bogus"], [], ["pooled", 3]):
+        with pytest.raises(PagelensError, match="generators"):
+            index.search_embedding(q, k=3, generators=bad)
+    index.close()

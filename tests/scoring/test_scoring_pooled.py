@@ -370,15 +370,20 @@ class _RankedSingle:
         return self.ids[None, :k], np.zeros((1, min(k, len(self.ids))), np.float32)
 
 
-def test_other_generators_quota_first_pages_always_and_the_rest_by_prescore_bound(rng):
-    """The single generator's first QUOTA_ALWAYS pages are reranked whatever the token index says;
-    its later quota pages only when their pre-score bound reaches the k-th exact score."""
+def _scored_pages(rng):
+    """700 fake pages and a query: (source, live ids, query, exact score by page, pages best first)."""
     source = FakeSource()
     fill(source, rng, 700)
     live = source.live_page_ids()
     q = normalise(rng.standard_normal((4, 16))).astype(np.float32)
     exact = dict(rank.exhaustive(source, [q], live, len(live))[0])
-    by_score = sorted(exact, key=lambda p: -exact[p])
+    return source, live, q, exact, sorted(exact, key=lambda p: -exact[p])
+
+
+def test_other_generators_quota_first_pages_always_and_the_rest_by_prescore_bound(rng):
+    """The single generator's first QUOTA_ALWAYS pages are reranked whatever the token index says;
+    its later quota pages only when their pre-score bound reaches the k-th exact score."""
+    source, live, q, exact, by_score = _scored_pages(rng)
     best, second = by_score[0], by_score[1]  # what only the single generator proposes
     others = [p for p in by_score[2:]]
     kth = exact[others[9]]
@@ -397,6 +402,18 @@ def test_other_generators_quota_first_pages_always_and_the_rest_by_prescore_boun
     assert second not in hits  # a later quota page, outside the token ranking, bounded by its last pre-score
     hits = run(pre_floor=kth + 1)  # every ranked pre-score reaches the k-th: the bound lets it in
     assert best in hits and second in hits
+
+
+def test_a_pooled_first_shortlist_is_reranked_whole(rng):
+    """Pooled means' pre-scores are no bound on MaxSim: the page they rank late with a low pre-score
+    (its mean blurred the token that matches) is still reranked, so it is found."""
+    source, live, q, exact, by_score = _scored_pages(rng)
+    ranking = by_score[1:300] + [by_score[0]] + by_score[300:]  # the best page 300th, pre-score far down
+    pre = np.linspace(exact[by_score[0]] + 1, exact[by_score[-1]] - 5, len(ranking))
+    kw = dict(prefilter=None, tokens=None, live_ids=live, k=10, candidates=400,
+              pooled=_RankedAnn(ranking, pre), generators=("pooled",))
+    assert rank.search(source, q, None, **kw)[0][0] == by_score[0]
+    assert rank.search(source, q, None, **kw) == rank.search(source, q, None, early_stop=False, **kw)
 
 
 def test_compact_candidates_grow_past_the_default_and_stay_bounded():
