@@ -140,7 +140,9 @@ class Retriever:
         if dim > self.source.single_dim:
             raise ValueError(f"single_dim {dim} exceeds the source's {self.source.single_dim}-d vectors")
         self.single_dim = int(dim)
-        self.prefilter = SinglePrefilter(self.single_dim, kind=self._requested_kind)
+        # single vectors stored in float16 (compact) are held so by the prefilter too: the same values
+        half = getattr(self.source, "single_precision", "fp32") == "fp16"
+        self.prefilter = SinglePrefilter(self.single_dim, kind=self._requested_kind, codec="fp16" if half else "flat")
         self.tokens: TokenIndex | None = None
         self.ann: PooledIndex | None = PooledIndex(self.source.multi_dim, m=0)
         book = self._source_codebook()

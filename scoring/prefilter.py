@@ -29,7 +29,9 @@ HNSW_EF_SEARCH = 128
 KINDS = ("auto", "flat", "hnsw", "ivf")
 # How IVF lists store vectors: float32; 8 bits per dimension of the residual to the list's centroid;
 # or product-quantised residuals, N bytes a vector ("pq16": 16 sub-vectors of 8 bits)
-CODECS = ("flat", "sq8", "pq16", "pq32")
+# "fp16" (any kind): float16 values, for single vectors a store keeps in float16 (compact): the
+# prefilter then holds exactly the stored values at half the bytes (HNSW over 128-d: 512 -> 256 B).
+CODECS = ("flat", "sq8", "pq16", "pq32", "fp16")
 ADD_CHUNK = 1 << 18  # rows widened to float32 at a time: a big first add never holds everything in fp32
 
 
@@ -91,17 +93,22 @@ class SinglePrefilter:
         return "flat"
 
     def _empty(self, kind: str, n_hint: int = 0) -> faiss.Index:
+        half = self.codec == "fp16"
         if kind == "flat":
+            if half:
+                return faiss.IndexIDMap2(faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16,
+                                                                    faiss.METRIC_INNER_PRODUCT))
             return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
         if kind == "hnsw":
-            inner = faiss.IndexHNSWFlat(self.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            inner = (faiss.IndexHNSWSQ(self.dim, faiss.ScalarQuantizer.QT_fp16, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+                     if half else faiss.IndexHNSWFlat(self.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT))
             inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
             return faiss.IndexIDMap2(inner)
         nlist = max(1, min(int(self.lists_per_sqrt * np.sqrt(max(n_hint, 1))), n_hint // 39))  # >= 39 points per list
         quantiser = faiss.IndexFlatIP(self.dim)
-        if self.codec == "sq8":
-            ivf = faiss.IndexIVFScalarQuantizer(quantiser, self.dim, nlist, faiss.ScalarQuantizer.QT_8bit,
-                                                faiss.METRIC_INNER_PRODUCT)
+        if self.codec in ("sq8", "fp16"):
+            qtype = faiss.ScalarQuantizer.QT_8bit if self.codec == "sq8" else faiss.ScalarQuantizer.QT_fp16
+            ivf = faiss.IndexIVFScalarQuantizer(quantiser, self.dim, nlist, qtype, faiss.METRIC_INNER_PRODUCT)
         elif self.codec.startswith("pq"):
             # "pqN": N sub-vectors of 8 bits, or as many as divide a narrower width (16-d: 16)
             subs = math.gcd(self.dim, int(self.codec[2:]))
