@@ -111,15 +111,16 @@ def _check_generators(generators: Any) -> tuple[str, ...] | None:
     """None (the index's defaults) or a non-empty list of known generator names."""
     if generators is None:
         return None
-    from scoring.rank import GENERATORS  # noqa: PLC0415 - numpy only
+    from scoring.rank import GENERATORS, check_generators  # noqa: PLC0415 - numpy only
 
     names = (generators,) if isinstance(generators, str) else tuple(generators)
-    if not names or any(not isinstance(g, str) or g not in GENERATORS for g in names):
+    try:
+        return check_generators(names)
+    except (TypeError, ValueError):
         raise PagelensError(
             f"unknown candidate generators {list(names)!r}",
             f"Choose from {list(GENERATORS)}, first the one whose ranking fills the shortlist, or leave it unset.",
-        )
-    return names
+        ) from None
 
 
 def _check_search_args(k: Any, candidates: Any) -> None:

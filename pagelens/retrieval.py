@@ -160,10 +160,14 @@ class Retriever:
             return self._requested_clusters
         return COMPACT_MEANS if self.compact else DEFAULT_CLUSTERS
 
+    @property
+    def pool_codec(self) -> str:
+        return COMPACT_CODEC if self.compact else "flat"
+
     def _new_pooled(self) -> PooledIndex:
         """The pooled generator, built once a search asks for "pooled": over a compact index 16 means
         a page, product-quantised (``scoring/pooled.py``, COMPACT_*); elsewhere float32."""
-        return PooledIndex(self.source.multi_dim, m=self.pool_clusters, codec=COMPACT_CODEC if self.compact else None)
+        return PooledIndex(self.source.multi_dim, m=self.pool_clusters, codec=self.pool_codec)
 
     def _source_codebook(self) -> tuple[int, np.ndarray] | None:
         """The source's centroid codec (``Store.token_codebook``), when it stores tokens as codes that
@@ -221,9 +225,8 @@ class Retriever:
                 raise ValueError("token index does not match the state")
             if not self.compact and (ann is None or not np.array_equal(ann.live_ids(), included) or ann.m != 0):
                 raise ValueError("token index does not match the state")
-            want = self._new_pooled() if pooled is not None else None
-            if pooled is not None and (not np.array_equal(pooled.live_ids(), included) or pooled.m != want.m
-                                       or pooled.codec != want.codec):
+            if pooled is not None and (not np.array_equal(pooled.live_ids(), included) or pooled.m != self.pool_clusters
+                                       or pooled.codec != self.pool_codec):
                 raise ValueError("pooled index does not match the state")
             if pooled is None and self.pooled_enabled:
                 raise ValueError("pooled index asked for but not saved")

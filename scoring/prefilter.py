@@ -30,7 +30,8 @@ KINDS = ("auto", "flat", "hnsw", "ivf")
 # How IVF lists store vectors: float32; 8 bits per dimension of the residual to the list's centroid;
 # or product-quantised residuals, N bytes a vector ("pq16": 16 sub-vectors of 8 bits)
 # "fp16" (any kind): float16 values, for single vectors a store keeps in float16 (compact): the
-# prefilter then holds exactly the stored values at half the bytes (HNSW over 128-d: 512 -> 256 B).
+# prefilter then holds the stored precision at half the bytes (HNSW over 128-d: 512 -> 256 B); its
+# renormalised copy rounds once more (~1e-3 in a score).
 CODECS = ("flat", "sq8", "pq16", "pq32", "fp16")
 ADD_CHUNK = 1 << 18  # rows widened to float32 at a time: a big first add never holds everything in fp32
 

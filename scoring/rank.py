@@ -43,8 +43,8 @@ DEFAULT_GENERATORS = ("ann", "single")
 COMPACT_GENERATORS = ("tokens", "single")
 # ("pooled", "single") is the better choice for a large compact index whose pages share topics (1M
 # synthetic pages: recall@10 0.957 at K = 400, p50 67 ms, against the lists' 0.563 at 148 ms) but not on
-# real text, where the lists find the rare tokens the means blur (24k real pages: 0.830-0.893 against
-# 0.991): it stays a choice (``generators=``), the default stays the lists (README, "Compact storage").
+# real text, where the lists find the rare tokens the means blur (24k real pages, benchmarks/
+# compact_pooled.py --realtext large: 0.896 / 0.918 at K = 400 / 600 against 0.982): it stays a choice (``generators=``), the default stays the lists (README, "Compact storage").
 DEFAULT_CANDIDATES = 200
 MAX_AUTO_CANDIDATES = 800
 PAGES_PER_CANDIDATE = 30  # the shortlist grows with the collection: real text needs it (module doc)
