@@ -65,10 +65,15 @@ class CodecState:
     def bytes_per_token(self) -> int:
         return self.codec.bytes_per_token
 
-    def encode(self, tokens: np.ndarray) -> np.ndarray:
-        """float [T, d] -> uint8 records, pooled first when the state's pool factor is above 1."""
-        x = pool_tokens(tokens, self.pool_factor) if self.pool_factor > 1 else tokens
-        return self.codec.encode(x)
+    def encode_pages(self, pages: list[np.ndarray]) -> list[np.ndarray]:
+        """``[encode(p) for p in pages]`` in one codec call: every codec encodes token by token, so
+        the records are the same bytes, and one call over a document's pages instead of one per page
+        spares FAISS's per-call cost (64-token pages: 2.5-5 ms a page alone, 0.7 ms batched)."""
+        xs = [pool_tokens(p, self.pool_factor) if self.pool_factor > 1 else p for p in pages]
+        if not xs:
+            return []
+        ends = np.cumsum([len(x) for x in xs])
+        return np.split(self.codec.encode(np.concatenate(xs, axis=0)), ends[:-1])
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """uint8 records -> float32 tokens. Not narrowed to float16 like raw shards: numpy's fp32 ->
@@ -175,8 +180,8 @@ def convert_raw_pages(store: "Store", state: CodecState, *, batch_pages: int | N
         first_row = app.rows
         updates = []
         try:
-            for g in batch:
-                codes = state.encode(store.raw_multi_rows(g.multi_shard, g.multi_offset, g.n_tokens))
+            encoded = state.encode_pages([store.raw_multi_rows(g.multi_shard, g.multi_offset, g.n_tokens) for g in batch])
+            for g, codes in zip(batch, encoded):
                 at = app.append(codes)
                 for page_id, (s_shard, s_row) in zip(g.page_ids, g.single_locations):
                     single = store.single_row(s_shard, s_row)

@@ -43,6 +43,8 @@ from indexer.writer import DocumentWriter, as_embedding
 _OWN_NAMES = {MANIFEST_NAME, LOCK_NAME, DERIVED_DIR, SHARD_DIR, cat.CATALOGUE_NAME,
               cat.CATALOGUE_NAME + "-wal", cat.CATALOGUE_NAME + "-shm", MANIFEST_NAME + ".tmp", page_cache.CACHE_NAME}
 _OWN_FILES = (MANIFEST_NAME, LOCK_NAME, cat.CATALOGUE_NAME, cat.CATALOGUE_NAME + "-wal", cat.CATALOGUE_NAME + "-shm")
+# pages a document add encodes in one codec call (64 pages x 768 tokens x 128 fp32: 25 MB at once)
+ENCODE_BATCH_PAGES = 64
 _URI = re.compile(r"\A[A-Za-z][A-Za-z0-9+.-]*://")
 _CATALOGUE_HINT = ("restore catalogue.sqlite from a backup, or rebuild the index by indexing into a new --index "
                    "folder; `pagelens verify` says what is damaged")
@@ -408,13 +410,13 @@ class Store:
             cat.set_meta(db, "codec_version", json.dumps(version))
         return self.codec_state(version)
 
-    def encode_multi(self, appender: Appender, multi: np.ndarray) -> tuple[np.ndarray, bool]:
-        """The rows to store for a page's float16 tokens in ``appender``'s shard, and whether the
-        page's patch grid still applies (not once its tokens are pooled)."""
+    def encode_multi_pages(self, appender: Appender, pages: list[np.ndarray]) -> tuple[list[np.ndarray], bool]:
+        """The rows to store for pages' float16 tokens in ``appender``'s shard (one codec call for
+        them all), and whether the pages' patch grids still apply (not once their tokens are pooled)."""
         state = getattr(appender, "codec_state", None)
         if state is None:
-            return multi, True
-        return state.encode(multi), state.pool_factor == 1
+            return list(pages), True
+        return state.encode_pages(pages), state.pool_factor == 1
 
     def raw_page_groups(self) -> list[RawPageGroup]:
         """Pages whose token vectors are still raw float16 (unpooled), grouped by shared block."""
@@ -966,9 +968,9 @@ class Store:
         ``source`` is a SourceFile, a local path, or an identifier such as ``s3://bucket/x.pdf``."""
         src = self._as_source(source)
         with self.document_writer(src) as writer:
-            for number, item in enumerate(pages, start=1):
-                width, height, emb = as_embedding(item)
-                writer.add_page(number, width, height, emb)
+            items = [(n, *as_embedding(item)) for n, item in enumerate(pages, start=1)]
+            for at in range(0, len(items), ENCODE_BATCH_PAGES):  # a codec call per batch, not per page
+                writer.add_pages(items[at:at + ENCODE_BATCH_PAGES])
         return writer.page_ids
 
     def copy_document(self, source: SourceFile, from_path) -> list[int]:

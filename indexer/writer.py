@@ -62,9 +62,33 @@ class DocumentWriter:
         return self._committed + len(self._rows)
 
     def add_page(self, page_number: int, width: int | None, height: int | None, embedding: Embedding) -> None:
+        self.add_pages([(page_number, width, height, embedding)])
+
+    def add_pages(self, pages) -> None:
+        """``add_page`` for each ``(page_number, width, height, embedding)`` in order, the token
+        vectors of all of them encoded in one codec call. Every page is checked before any is
+        appended, so a bad page appends nothing of its batch."""
         if self._done:
             raise RuntimeError("this document writer is closed")
-        expected = self.page_count + 1
+        checked = [self._checked(self.page_count + 1 + i, *page) for i, page in enumerate(pages)]
+        if not checked:
+            return
+        store = self.store
+        # raw float16 rows, or the codec's records (pooled first when the index pools tokens);
+        # the checksum covers what is stored
+        stored_rows, keeps_grid = store.encode_multi_pages(self._multi, [multi for _n, _w, _h, _s, multi, _e in checked])
+        for (page_number, width, height, single, _multi, embedding), stored in zip(checked, stored_rows):
+            multi_at = self._multi.append(stored)
+            single_at = self._single.append(single)
+            grid = getattr(embedding, "grid", None) if keeps_grid else None  # pooled tokens have no grid
+            self._rows.append((page_number, width, height, self._multi.shard_id, multi_at, stored.shape[0],
+                               self._single.shard_id, single_at, page_crc(stored, single[0]),
+                               *grid_columns(grid, stored.shape[0])))
+            if len(self._rows) >= store.checkpoint_pages:
+                self._commit_chunk(complete=False)
+
+    def _checked(self, expected: int, page_number: int, width, height, embedding: Embedding) -> tuple:
+        """(number, width, height, single as stored, float16 tokens, embedding) of a valid page."""
         if page_number != expected:
             raise ValueError(f"pages must arrive in order: expected page {expected}, got {page_number}")
         single = np.asarray(embedding.single, dtype=np.float32).reshape(1, -1)
@@ -80,18 +104,8 @@ class DocumentWriter:
             )
         if multi.shape[0] == 0:
             raise ValueError(f"page {page_number} has no token vectors")
-        # raw float16 rows, or the codec's records (pooled first when the index pools tokens);
-        # the checksum covers what is stored
-        stored, keeps_grid = store.encode_multi(self._multi, multi)
-        single = store.encode_single(single)  # at the index's width and precision, as stored
-        multi_at = self._multi.append(stored)
-        single_at = self._single.append(single)
-        grid = getattr(embedding, "grid", None) if keeps_grid else None  # pooled tokens have no grid
-        self._rows.append((page_number, width, height, self._multi.shard_id, multi_at, stored.shape[0],
-                           self._single.shard_id, single_at, page_crc(stored, single[0]),
-                           *grid_columns(grid, stored.shape[0])))
-        if len(self._rows) >= store.checkpoint_pages:
-            self._commit_chunk(complete=False)
+        # at the index's width and precision, as stored
+        return page_number, width, height, store.encode_single(single), multi, embedding
 
     def _commit_chunk(self, *, complete: bool) -> None:
         try:

@@ -209,21 +209,24 @@ class TokenIndex:
         best_first = np.argsort(-psims, axis=1, kind="stable")  # so a (token, page) pair's first entry is its max
         probe, psims = np.take_along_axis(probe, best_first, axis=1), np.take_along_axis(psims, best_first, axis=1)
         floor = psims.min(axis=1)
-        starts = self.list_offsets[probe].ravel()
-        lens = self.list_offsets[probe + 1].ravel() - starts
-        total = int(lens.sum())
-        if total == 0:
+        # Dense over positions: a list holds a page once and a token's probes come best first, so
+        # a page's first list for a token is its best; ``seen`` marks the last token that reached
+        # each position. 1M pages, 16 query tokens x 4 probes (~570k entries): 76-86 ms against
+        # 114-132 ms for the sparse sort by (token, page) it replaces (scratch, loaded machine).
+        gain = np.zeros(n_pos, np.float32)
+        seen = np.zeros(n_pos, np.int32)
+        offsets, positions = self.list_offsets, self.list_pos
+        for t in range(len(q)):
+            for j in range(nprobe):
+                c = probe[t, j]
+                pos = positions[offsets[c]:offsets[c + 1]]
+                new = pos[seen[pos] != t + 1]
+                seen[new] = t + 1
+                gain[new] += psims[t, j] - floor[t]
+        cand = np.flatnonzero(seen)
+        if len(cand) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        ends = np.cumsum(lens)
-        idx = np.arange(total, dtype=np.int64) + np.repeat(starts - (ends - lens), lens)
-        pos = self.list_pos[idx].astype(np.int64)
-        tok = np.repeat(np.repeat(np.arange(len(q)), nprobe), lens)
-        vals = np.repeat((psims - floor[:, None]).ravel(), lens).astype(np.float32)
-        # sparse: one entry per (token, page) reached, never a dense [tokens, pages] array (1M pages)
-        _, first_entry = np.unique(tok * n_pos + pos, return_index=True)
-        cand, inv = np.unique(pos[first_entry], return_inverse=True)
-        score = np.bincount(inv, weights=vals[first_entry], minlength=len(cand)).astype(np.float32)
-        score += np.float32(floor.sum())
+        score = gain[cand] + np.float32(floor.sum())
         keep = self.alive[cand]
         cand, score = cand[keep], score[keep]
         if len(cand) > n:

@@ -91,6 +91,50 @@ def test_codecs_without_training_encode_as_pages_are_written(tmp_path, compressi
     r.close()
 
 
+@pytest.mark.parametrize("compression,pool", [("fp16", 1), ("int8", 1), ("int8", 3), ("pq-16", 1)])
+def test_batched_document_add_stores_the_bytes_page_by_page_adds_store(tmp_path, compression, pool, monkeypatch):
+    """add_document encodes pages in batches (one codec call each); the stored rows, checksums and
+    grids must be those of adding the same pages one at a time, across batch and checkpoint edges."""
+    import indexer.store as store_module
+
+    monkeypatch.setattr(store_module, "ENCODE_BATCH_PAGES", 3)
+    p = pages(8, seed=3, grid=True)
+    trained = pages(12, seed=9)
+    out = []
+    for name in ("batched", "single"):
+        s = make(tmp_path, compression, pool, name=name)
+        s.checkpoint_pages = 5  # a chunk commit falls inside the second batch
+        if compression.startswith("pq"):
+            s.train_min_tokens = 100
+            s.add_document("/train.pdf", trained)
+            assert s.maybe_train_codec() == 12
+        if name == "batched":
+            ids = s.add_document("/a.pdf", p)
+        else:
+            with s.document_writer(s._as_source("/a.pdf")) as w:
+                for n, e in enumerate(p, start=1):
+                    w.add_page(n, None, None, e)
+            ids = w.page_ids
+        out.append(([g.tobytes() for g in s.multi_vectors(ids)], [s.page_grid(i) for i in ids], s.verify()))
+        s.close()
+    assert out[0] == out[1]
+    assert out[0][2] == (20 if compression.startswith("pq") else 8)
+
+
+def test_a_bad_page_in_a_batch_appends_nothing_of_it(tmp_path):
+    s = make(tmp_path, "int8")
+    good = pages(4, seed=5)
+    s.add_document("/a.pdf", good)
+    before = {n: os.path.getsize(os.path.join(s.directory, "shards", n)) for n in shard_names(s)}
+    bad = pages(3, seed=6)
+    bad[2] = Embedding(single=bad[2].single, multi=np.zeros((5, D_MULTI + 1), np.float32))
+    with pytest.raises(Exception, match="token vectors"):
+        s.add_document("/b.pdf", bad)
+    assert {n: os.path.getsize(os.path.join(s.directory, "shards", n)) for n in shard_names(s)} == before
+    assert s.document("/b.pdf") is None and s.verify() == 4
+    s.close()
+
+
 def test_residual_index_stores_fp16_until_trained_then_converts(tmp_path):
     s = make(tmp_path, "residual-2")
     s.train_min_tokens = 200
