@@ -1,14 +1,15 @@
-"""Compact index at scale: the default compact search against the pooled-means generator first
-(issue 11, section 2; the README's "Compact storage" figures for pooled-first search).
+"""Compact search at scale: the compact default (pooled means first, then the centroid lists and the
+single vector) against its variants (issue 11, section 2; the README's "Compact storage" figures).
 
 Opens an index built by ``million.py`` (``--dir`` holds ``index/`` and ``queries.npz``), or the
-compact profile of a real-text set (``--realtext``), builds the derived structures in memory
-(nothing is written into the index) with ``--means`` means a page pooled from the decoded codes
-(product-quantised in IVF lists: ``scoring/pooled.py``, COMPACT_*), and compares, in alternating
-blocks (the first block only warms up): the default compact generators (centroid lists + single
-vector), pooled first + lists + single, and pooled first + single at K and 1.5 K (a pooled-first
-shortlist is reranked whole). Prints recall@10 against exhaustive MaxSim over the same codes (and,
-on real text, against fp16 exhaustive), p50 / p95 latency, and the sync time including pooling.
+compact profile of a real-text set (``--realtext``). The index's writer syncs it first (the product
+path: a generation saved before compact indexes pooled at sync gets its means now, once, and keeps
+them), then a reader loads the saved structures, as ``pagelens search`` does. ``--means`` other than
+the default pools in memory instead (nothing is written). Compares, in alternating blocks (the first
+block only warms up): the default; pooled first + lists (no single); pooled first + lists + single at
+K and 1.5 K; pooled first + single; and the lists + single that were the compact default before, at
+their K rule. Prints recall@10 against exhaustive MaxSim over the same codes (and, on real text,
+against fp16 exhaustive), p50 / p95 latency, the sync time and the pooled index's bytes a page.
 
     python benchmarks/compact_pooled.py --dir /tmp/m100k --queries 30
     python benchmarks/compact_pooled.py --realtext large --queries 300   # real text (after compact_search.py)
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pagelens  # noqa: E402
 from indexer.store import Store  # noqa: E402
 from pagelens.retrieval import Retriever  # noqa: E402
+from scoring import rank  # noqa: E402
 from scoring.pooled import COMPACT_MEANS  # noqa: E402
 
 
@@ -58,29 +60,49 @@ def main() -> None:
     ap.add_argument("--means", type=int, default=COMPACT_MEANS, help="pooled means a page")
     ap.add_argument("--queries", type=int, default=30)
     ap.add_argument("--candidates", type=int, default=400, help="K for the pooled-first searches")
-    ap.add_argument("--per-token", type=int, default=2048, help="pooled neighbours per query token")
     args = ap.parse_args()
     if (args.dir is None) == (args.realtext is None):
         ap.error("give --dir or --realtext")
     folder, qs, fp16_truth = load(args)
-    index = pagelens.Index.open(folder)
     t0 = time.perf_counter()
+    writer = pagelens.Index.open(folder, writable=True)
+    writer.sync()
+    writer.close()
+    synced = time.perf_counter() - t0
+    index = pagelens.Index.open(folder)
+    store = Store.open(folder)
+    narrow = store.single_width if store.single_width != store.single_dim else None
     with tempfile.TemporaryDirectory() as scratch:
-        retriever = Retriever(scratch, Store.open(folder), persist=False, pool_clusters=args.means, pooled=True)
+        saved = args.means == COMPACT_MEANS
+        t0 = time.perf_counter()
+        retriever = Retriever(folder / "derived" if saved else scratch, store, persist=False, pool_clusters=args.means,
+                              single_dim=narrow)
         retriever.sync()
+        loaded = time.perf_counter() - t0
+    if retriever.pooled is None:
+        sys.exit("the saved structures have no pooled means: the writer's sync should have built them")
     pooled_bytes = sum(np.asarray(v).nbytes for v in retriever.pooled.to_arrays().values())
-    print(f"sync with pooling ({args.means} means a page, {retriever.pooled.codec}): {time.perf_counter() - t0:.1f} s;"
-          f" pooled index {pooled_bytes / len(retriever.included):,.0f} B a page", flush=True)
-    truth = [{h.page_id for h in t} for t in index.search_embeddings(
-        [pagelens.Embedding(single=s, multi=q) for q, s in qs], k=10, exhaustive=True)]
-    k, pt = args.candidates, args.per_token
+    print(f"writer sync {synced:.1f} s; reader load{'' if saved else ' with pooling in memory'} {loaded:.1f} s;"
+          f" {args.means} means a page, {retriever.pooled.codec}: {pooled_bytes / len(retriever.included):,.0f} B a page",
+          flush=True)
+    embs = [pagelens.Embedding(single=s, multi=q) for q, s in qs]
+    if args.realtext is None:  # shared with million.py's run over the same index
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from million import cached_truth  # noqa: PLC0415
+
+        truth, _ = cached_truth(index, embs, args.dir)
+    else:
+        truth = [{h.page_id for h in t} for t in index.search_embeddings(embs, k=10, exhaustive=True)]
+    k, n = args.candidates, len(retriever.included)
+    before = int(min(1600, max(rank.default_candidates(n), n // 80)))  # the lists-first rule it replaced
     configs = {
-        "lists + single (default)": {},
-        f"pooled first + lists + single, K={k}": {"generators": ["pooled", "tokens", "single"], "candidates": k,
-                                                  "per_token": pt},
-        f"pooled first + single, K={k}": {"generators": ["pooled", "single"], "candidates": k, "per_token": pt},
-        f"pooled first + single, K={k * 3 // 2}": {"generators": ["pooled", "single"], "candidates": k * 3 // 2,
-                                                   "per_token": pt},
+        f"default (K={rank.compact_candidates(n)})": {},
+        f"pooled first + lists, K={k}": {"generators": ["pooled", "tokens"], "candidates": k},
+        f"pooled first + lists + single, K={k}": {"generators": ["pooled", "tokens", "single"], "candidates": k},
+        f"pooled first + lists + single, K={k * 3 // 2}": {"generators": ["pooled", "tokens", "single"],
+                                                           "candidates": k * 3 // 2},
+        f"pooled first + single, K={k}": {"generators": ["pooled", "single"], "candidates": k},
+        f"lists + single (the default before), K={before}": {"generators": ["tokens", "single"], "candidates": before},
     }
     lat = {name: [] for name in configs}
     rec = {name: [] for name in configs}

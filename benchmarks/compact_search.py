@@ -59,20 +59,23 @@ def build(ds, folder: Path, create_kw: dict) -> tuple[object, np.ndarray, float]
     return pagelens.Index.open(folder), page_ids, time.perf_counter() - t0
 
 
-# derived files by how they grow: with the tokens (lists, the all-token IVF copy, pooled vectors),
-# not at all (a copy of the codec's centroids, list offsets), or with the pages (the rest)
-TOKEN_FILES = ("tok_list_pos", "ann_", "pool_")
+# derived files by how they grow: with the tokens (lists, the all-token IVF copy), not at all (a
+# copy of the codec's centroids, list offsets), or with the pages (pooled means: a fixed number a
+# page, whatever its length; the single-vector prefilter; the rest)
+TOKEN_FILES = ("tok_list_pos", "ann_")
 FIXED_FILES = ("tok_centroids", "tok_list_offsets", "tok_meta", "pf_meta", "ann_meta", "pool_meta")
 
 
 def derived_split(folder: Path) -> dict[str, int]:
-    """Bytes of the current derived generation: {"token": ..., "fixed": ..., "page": ...}."""
+    """Bytes of the current derived generation: {"token", "fixed", "page", "pooled" (within "page")}."""
     derived = folder / "derived"
     state = json.loads((derived / "state.json").read_text())
-    out = {"token": 0, "fixed": 0, "page": (derived / "state.json").stat().st_size}
+    out = {"token": 0, "fixed": 0, "page": (derived / "state.json").stat().st_size, "pooled": 0}
     for f in (derived / f"gen-{state['generation']:08d}").iterdir():
         kind = "fixed" if f.name.startswith(FIXED_FILES) else "token" if f.name.startswith(TOKEN_FILES) else "page"
         out[kind] += f.stat().st_size
+        if kind == "page" and f.name.startswith("pool_"):
+            out["pooled"] += f.stat().st_size
     return out
 
 
@@ -93,7 +96,8 @@ def bytes_per_page(index, folder: Path, n_pages: int, n_tokens: int) -> dict:
         "multi_at_768": parts.get("multi_vectors", 0) * scale / n_pages,
         "token_derived_at_768": d["token"] * scale / n_pages,
         "single_per_page": parts.get("single_vectors", 0) / n_pages,
-        "other_per_page": (per_page - parts.get("single_vectors", 0)) / n_pages,
+        "pooled_per_page": d["pooled"] / n_pages,
+        "other_per_page": (per_page - parts.get("single_vectors", 0) - d["pooled"]) / n_pages,
     }
 
 
@@ -147,9 +151,10 @@ def main() -> None:
                 r["lat"].append((time.perf_counter() - t0) * 1e3)
     fp16_q = quality(truth, truth, ds.q_page)
     print(f"\nload average {os.getloadavg()[0]:.1f}; fp16 exhaustive: hit@10 {fp16_q['hit']:.3f} MRR@10 {fp16_q['mrr']:.3f};"
-          " KiB at 768 tokens a page = multi codes + token generator (both scaled from this set's tokens a page)"
-          " + single vector + other (single-vector prefilter, catalogue); fixed costs (codec state, centroids) apart")
-    hdr = (f"{'profile':<24}{'KiB/768-tok page':>17}{'multi':>8}{'tok-gen':>8}{'single':>8}{'other':>7}"
+          " KiB at 768 tokens a page = multi codes + token lists (both scaled from this set's tokens a page)"
+          " + single vector + pooled means + other (single-vector prefilter, catalogue); fixed costs (codec state,"
+          " centroids) apart")
+    hdr = (f"{'profile':<24}{'KiB/768-tok page':>17}{'multi':>8}{'tok-gen':>8}{'single':>8}{'pooled':>8}{'other':>7}"
            f"{'fixed MiB':>10}{'recall@10':>10}{'hit@10':>8}{'MRR':>7}{'MRR/fp16':>9}{'own-exh rec':>12}{'p50 ms':>8}{'p95 ms':>8}")
     print(hdr)
     out = {}
@@ -157,7 +162,7 @@ def main() -> None:
         b, q = r["bytes"], r["default"]
         p50, p95 = float(np.percentile(r["lat"], 50)), float(np.percentile(r["lat"], 95))
         print(f"{name:<24}{b['at_768_tokens'] / 1024:>17.1f}{b['multi_at_768'] / 1024:>8.1f}{b['token_derived_at_768'] / 1024:>8.1f}"
-              f"{b['single_per_page'] / 1024:>8.2f}{b['other_per_page'] / 1024:>7.2f}{b['fixed_bytes'] / 2**20:>10.1f}{q['recall_mean']:>10.3f}{q['hit']:>8.3f}"
+              f"{b['single_per_page'] / 1024:>8.2f}{b['pooled_per_page'] / 1024:>8.2f}{b['other_per_page'] / 1024:>7.2f}{b['fixed_bytes'] / 2**20:>10.1f}{q['recall_mean']:>10.3f}{q['hit']:>8.3f}"
               f"{q['mrr']:>7.3f}{q['mrr'] / fp16_q['mrr']:>9.3f}{r['own_exhaustive']['recall_mean']:>12.3f}{p50:>8.1f}{p95:>8.1f}")
         out[name] = {"bytes": b, "default": q, "own_exhaustive": r["own_exhaustive"], "p50_ms": p50, "p95_ms": p95,
                      "build_s": r["build_s"], "create": PROFILES[name]}

@@ -628,15 +628,21 @@ class Store:
                                 single_bytes_after=self._single_bytes())
 
     train_min_tokens = 1 << 16  # a residual codec index trains at the end of a run once this many tokens are in
+    # ... and in the middle of one (``early``: bring-your-own adds, which have no end) only past this
+    # many: 256 MB of raw 128-d float16 at most, and a sample that is not just the first documents.
+    # 3k real-text pages (many languages) trained at 65,536 tokens (their first 256 pages): exhaustive
+    # recall@10 over the codes against fp16 0.822; trained at the end over all of them: 0.857
+    train_early_tokens = 1 << 20
 
-    def maybe_train_codec(self, *, progress=None) -> int:
+    def maybe_train_codec(self, *, progress=None, early: bool = False) -> int:
         """An index created with a codec that needs training stores pages raw until it holds
         ``train_min_tokens`` tokens; then (at the end of a run) the codec is trained on a sample
-        of them and every raw page converted. Returns pages converted (0 when not due)."""
+        of them and every raw page converted. ``early`` (during a run): only once it holds
+        ``train_early_tokens``. Returns pages converted (0 when not due)."""
         if not self.writable or (self.compression, self.pool_factor) == ("fp16", 1) or self._write_state() is not None:
             return 0
         tokens = sum(g.n_tokens for g in self.raw_page_groups())
-        if tokens < max(1, self.train_min_tokens):
+        if tokens < max(1, self.train_early_tokens if early else self.train_min_tokens):
             return 0
         return self.recompress(self.compression, self.pool_factor, progress=progress).pages_converted
 

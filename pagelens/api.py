@@ -622,9 +622,10 @@ class Index:
             check_embedding(page, f"page {i + 1} of {path}", store.single_dim, store.multi_dim, stored=True,
                             single_width=getattr(store, "single_width", None))
         page_ids = store.add_document(path, pages)
-        # a codec due for training trains as soon as it is due (cheap to ask once it is trained), so a
-        # big collection never sits raw float16 until close(): 16 GB at 1M pages x 64 tokens
-        store.maybe_train_codec()
+        # a codec due for training trains once it holds Store.train_early_tokens (cheap to ask once it
+        # is trained), so a big collection never sits raw float16 until close() (16 GB at 1M pages x
+        # 64 tokens), yet trains on more than its first documents; close() trains a smaller one
+        store.maybe_train_codec(early=True)
         self._dirty = True  # search structures catch up once, at the next search or close()
         return page_ids
 
@@ -689,7 +690,10 @@ class Index:
     # ---- reading ---------------------------------------------------------------------------
 
     def info(self) -> IndexInfo:
+        from pagelens.retrieval import derived_bytes  # noqa: PLC0415
+
         stats = self._store.stats()
+        derived = derived_bytes(self.directory / "derived")
         return IndexInfo(
             directory=str(self.directory),
             format_version=stats.format_version,
@@ -704,7 +708,10 @@ class Index:
                    "pages_not_yet_compressed": stats.raw_pages, "single_dim": stats.single_dim,
                    "single_width": stats.single_width,
                    "single_precision": stats.single_precision,
-                   "single_pages_not_yet_converted": stats.single_pages_not_yet_converted},
+                   "single_pages_not_yet_converted": stats.single_pages_not_yet_converted,
+                   # the derived search structures by part (bytes, and per page), as last saved
+                   "derived_bytes": derived,
+                   "derived_bytes_per_page": {k: v / stats.pages for k, v in derived.items()} if stats.pages else {}},
         )
 
     def verify(self) -> VerifyReport:
@@ -810,8 +817,10 @@ class Index:
         ``candidates`` (default 200) is the shortlist the exact MaxSim rerank sees, raised to ``k``
         when smaller; an index with at least k pages always gives k hits.
         ``generators``: the candidate generators, first the one that fills the shortlist (default:
-        ["ann", "single"], or ["tokens", "single"] on a compact index; "pooled" builds per-page
-        pooled means on first use: README, "Compact storage", says when it is the better first)."""
+        ["ann", "single"]; on a compact index its pooled means and centroid lists, each its top K.
+        Given, the first fills the shortlist and each other adds its top quarter; a structure the
+        index does not hold yet, "pooled" on a full-precision index or "single" on a compact one, is
+        built on first use: README, "Compact storage")."""
         return self.search_batch([query], k=k, candidates=candidates, exhaustive=exhaustive,
                                  generators=generators)[0]
 

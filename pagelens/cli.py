@@ -453,9 +453,10 @@ def search_command(
     exhaustive: bool = typer.Option(False, "--exhaustive", help="Score every page by exact MaxSim (slow; ground truth)."),
     generators: Optional[str] = typer.Option(
         None, "--generators",
-        help="Candidate generators, comma-separated, the first filling the shortlist: ann, single, tokens, pooled "
-        "(default ann,single; tokens,single on a compact index). pooled,single suits a large compact index whose "
-        "pages share topics (README, 'Compact storage'); pooled is built on first use.",
+        help="Candidate generators, comma-separated, the first filling the shortlist and each other adding its "
+        "top quarter: ann, single, tokens, pooled (default ann,single; on a compact index pooled and tokens, each "
+        "its top K: README, 'Compact storage'). What an index does not hold yet (pooled on a full-precision "
+        "index, single on a compact one) is built on first use.",
     ),
     model: Optional[str] = typer.Option(
         None, "--model", "-m", envvar="PAGELENS_MODEL",
@@ -566,6 +567,8 @@ def info_command(index: Path = IndexOption, as_json: bool = JsonOption) -> None:
                  + (f" ({waiting} pages not converted yet: run the same `pagelens recompress` again)" if waiting else ""))
         for part, size in (extra.get("bytes_per_page") or {}).items():
             _out(f"per page:   {part:<16} {size:>14,.0f}")
+        for part, size in (extra.get("derived_bytes_per_page") or {}).items():
+            _out(f"  derived:  {part:<16} {size:>14,.0f}")
     if info.identity:
         for key in ("model", "revision", "task", "single_dim", "multi_dim", "max_pixels", "image_processor"):
             if key in info.identity:

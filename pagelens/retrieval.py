@@ -5,7 +5,10 @@ step with a ``VectorSource`` and persisted under ``derived/``.
 
 The codebook and the pooled index are not in the default ranking (see ``scoring/rank.py``):
 each is built only when a search first asks for it (or ``token_codebook=True`` / ``pooled=True``),
-and from then on kept in step like the others.
+and from then on kept in step like the others. A compact index (codes that begin with a centroid
+id) is the other way round: its sync builds 16 pooled means a page and the centroid lists from the
+stored ids, its default generators, and the single-vector prefilter only once a search asks for
+"single" (the bytes it would take go to the means: README, "Compact storage").
 
 Everything here is rebuildable from the source. The source is the truth about which pages
 exist: search filters every candidate by ``source.live_page_ids()`` and always reranks live pages
@@ -74,6 +77,26 @@ def _read_state(directory: Path) -> dict:
     return state
 
 
+# what each saved array belongs to, by its name's prefix (``_save``), for ``derived_bytes``
+_PARTS = (("pool_", "pooled means"), ("tok_", "token lists"), ("ann_", "all-token index"),
+          ("pf_", "single prefilter"))
+
+
+def derived_bytes(directory: Path | str) -> dict[str, int]:
+    """Bytes of the saved generation by structure ({"pooled means": ..., "token lists": ...,
+    "all-token index": ..., "single prefilter": ..., "other": ...}, the parts it holds), as its
+    state.json records them; {} when there is no readable state (it is rebuilt on the next sync)."""
+    try:
+        files = _read_state(Path(directory))["files"]
+    except Exception:  # noqa: BLE001 - derived data is rebuildable: unreadable means "none yet"
+        return {}
+    out: dict[str, int] = {}
+    for name, size in files.items():
+        part = next((label for prefix, label in _PARTS if name.startswith(prefix)), "other")
+        out[part] = out.get(part, 0) + max(0, int(size))
+    return out
+
+
 def _generation_on_disk(directory: Path) -> int:
     try:
         return int(_read_state(directory)["generation"])
@@ -124,6 +147,9 @@ class Retriever:
         # the m-means pooled index ("pooled") is built only once a search asks for it, like the
         # codebook; the default token generator is the all-token index ("ann", scoring/pooled.py)
         self.pooled_enabled = bool(pooled)
+        # a compact index builds its single-vector prefilter only once a search asks for "single"
+        # (its default generators do not: README, "Compact storage"); every other index always does
+        self.single_enabled = False
         # A reader (persist=False) never writes into the index folder: what it must build, it keeps
         # in memory; the writer saves generations that readers then map.
         self.persist = bool(persist)
@@ -149,7 +175,8 @@ class Retriever:
         self.compact_codec: int | None = None if book is None else int(book[0])
         if book is not None:  # compact: lists over the codec's centroids replace the all-token copy
             self.tokens, self.ann = TokenIndex(book[1], version=self.compact_codec), None
-        self.pooled = self._new_pooled() if self.pooled_enabled else None
+        # a compact index pools at sync: its default generators lead with the means (scoring/rank.py)
+        self.pooled = self._new_pooled() if self.pooled_enabled or self.compact else None
         self.included = np.zeros(0, dtype=np.int64)  # sorted ids the structures hold
         self.watermark = -1
         self.trained_tokens = 0
@@ -219,8 +246,10 @@ class Retriever:
             pool_arrays = {k[5:]: v for k, v in arrays.items() if k.startswith("pool_")}
             pooled = PooledIndex.from_arrays(pool_arrays) if pool_arrays else None
             included = np.array(arrays["included"], dtype=np.int64)
-            if pf.dim != state["single_dim"] or len(pf) != len(included):
-                raise ValueError("prefilter does not match the state")
+            if pf.dim != state["single_dim"] or len(pf) not in ((0, len(included)) if self.compact else (len(included),)):
+                raise ValueError("prefilter does not match the state")  # compact: empty until asked for
+            if self.single_enabled and len(pf) != len(included):
+                raise ValueError("prefilter asked for but not saved")
             if tokens is not None and not np.array_equal(tokens.live_ids(), included):
                 raise ValueError("token index does not match the state")
             if not self.compact and (ann is None or not np.array_equal(ann.live_ids(), included) or ann.m != 0):
@@ -238,6 +267,7 @@ class Retriever:
         self.prefilter, self.tokens, self.ann, self.pooled, self.included = pf, tokens, ann, pooled, included
         self.token_codebook = self.token_codebook or (tokens is not None and not self.compact)
         self.pooled_enabled = self.pooled_enabled or pooled is not None
+        self.single_enabled = self.single_enabled or (self.compact and len(pf) > 0 and len(included) > 0)
         self.watermark = int(state["watermark"])
         self.trained_tokens = int(state["trained_tokens"])
         self._generation = int(state["generation"])
@@ -313,37 +343,55 @@ class Retriever:
         book = self._source_codebook()
         if (None if book is None else int(book[0])) != self.compact_codec:
             self._reset()  # the store's codec was trained or replaced: lists over its centroids, from scratch
-        if np.array_equal(live, self.included):
+        if self._in_step(live):
             return False  # the common case on every search: no file is read
         self._reload_if_newer()  # the writer may already have saved a generation holding these pages
-        if np.array_equal(live, self.included):
+        if self._in_step(live):
             return False
         if not self.persist:
             self._apply(live)
             return True
         with _exclusive(self.directory):
             self._reload_if_newer()  # someone may have saved while we waited for the lock
-            if np.array_equal(live, self.included):
+            if self._in_step(live):
                 return False
             self._apply(live)
         return True
+
+    def _in_step(self, live: np.ndarray) -> bool:
+        """Nothing to do: the structures hold exactly ``live``, and a writer's compact generation
+        has its pooled means (one saved before they were built at sync gets them now, once)."""
+        return np.array_equal(live, self.included) and not self._pool_everything()
+
+    def _pool_everything(self) -> bool:
+        """A writer holding a compact generation without pooled means: the next sync pools every
+        live page (a reader never does: at 1M pages that is a quarter of an hour; it searches
+        without the means until the writer has saved them)."""
+        return self.persist and self.compact and self.pooled is None and len(self.included) > 0
 
     def _apply(self, live: np.ndarray) -> None:
         removed = np.setdiff1d(self.included, live, assume_unique=True)
         added = np.setdiff1d(live, self.included, assume_unique=True)
         if len(removed):
-            self.prefilter.remove(removed)
+            if self._keeps_single():
+                self.prefilter.remove(removed)
             if self.tokens is not None:
                 self.tokens.remove(removed)
             if self.ann is not None:
                 self.ann.remove(removed)
             if self.pooled is not None:
                 self.pooled.remove(removed)
-        for start in range(0, len(added), READ_BATCH_PAGES * 8):
+        for start in range(0, len(added) if self._keeps_single() else 0, READ_BATCH_PAGES * 8):
             batch = added[start : start + READ_BATCH_PAGES * 8]
             self.prefilter.add(batch, self.source.single_vectors(batch))
         batches = (added[a : a + READ_BATCH_PAGES] for a in range(0, len(added), READ_BATCH_PAGES))
-        if self.compact and self.pooled is not None:  # one pooled add: IVF-PQ trained once, not regrown
+        if self._pool_everything():
+            for b in batches:
+                self._add_coarse(b)
+            self.pooled = self._new_pooled()
+            every = (live[a : a + READ_BATCH_PAGES] for a in range(0, len(live), READ_BATCH_PAGES))
+            self.pooled.add_batches((b, list(self.source.multi_vectors(b))) for b in every)
+        elif self.compact and self.pooled is not None:  # one pooled add: IVF-PQ trained once, not regrown
             self.pooled.add_batches((b, self._add_coarse(b)) for b in batches)
         elif self.compact:
             for b in batches:
@@ -390,6 +438,23 @@ class Retriever:
         batches = (self.included[a : a + READ_BATCH_PAGES] for a in range(0, len(self.included), READ_BATCH_PAGES))
         pooled.add_batches((b, list(self.source.multi_vectors(b))) for b in batches)
         self.pooled = pooled
+        if self.persist and len(self.included):
+            with _exclusive(self.directory):
+                self._save()
+
+    def _keeps_single(self) -> bool:
+        return not self.compact or self.single_enabled
+
+    def _enable_single(self) -> None:
+        """First search of a compact index asking for "single": build the prefilter over what is
+        live now and keep it in step from then on."""
+        self.sync()
+        if self.single_enabled:
+            return
+        self.single_enabled = True
+        for start in range(0, len(self.included), READ_BATCH_PAGES * 8):
+            batch = self.included[start : start + READ_BATCH_PAGES * 8]
+            self.prefilter.add(batch, self.source.single_vectors(batch))
         if self.persist and len(self.included):
             with _exclusive(self.directory):
                 self._save()
@@ -472,23 +537,32 @@ class Retriever:
         nprobe: int | None = None,
         per_token: int | None = None,
     ) -> list[list[tuple[int, float]]]:
+        asked = generators is not None
         if generators is None and self.compact:
             generators = rank.COMPACT_GENERATORS
         if "tokens" in rank.check_generators(generators) and not self.token_codebook and not self.compact:
             self._enable_tokens()
-        if "pooled" in rank.check_generators(generators) and self.pooled is None:
+        # asked for by name, the means are built now; a compact reader's default searches without
+        # them until its writer has saved them (see _pool_everything)
+        if "pooled" in rank.check_generators(generators) and self.pooled is None and (asked or self.persist):
             self._enable_pooled()
+        if "single" in rank.check_generators(generators) and not self._keeps_single():
+            self._enable_single()
+        # the compact default: each generator's top K (the means and the lists find different pages)
+        shares = "each" if self.compact and not asked else "first"
         with single_threaded():  # see scoring/threads.py: no OpenMP barriers on a shared CPU
             return self._search_batch(queries_multi, queries_single, k=k, candidates=candidates,
                                       exhaustive=exhaustive, generators=generators, nprobe=nprobe,
-                                      per_token=per_token)
+                                      per_token=per_token, shares=shares)
 
     def _search_batch(self, queries_multi, queries_single, *, k, candidates, exhaustive, generators, nprobe,
-                      per_token) -> list[list[tuple[int, float]]]:
+                      per_token, shares) -> list[list[tuple[int, float]]]:
         live = np.asarray(self.source.live_page_ids(), dtype=np.int64)
         unindexed = live[np.searchsorted(live, self.watermark, side="right") :]
         if candidates is None and self.compact:
             candidates = rank.compact_candidates(len(live))
+        if per_token is None and self.compact:
+            per_token = rank.COMPACT_PER_TOKEN
         queries = [np.asarray(q, dtype=np.float32) for q in queries_multi]
         if exhaustive:
             return rank.exhaustive(self.source, queries, live, k, device=self.device)
@@ -499,7 +573,7 @@ class Retriever:
                 rank.search(
                     self.source, q, single, prefilter=self.prefilter, tokens=self.tokens, live_ids=live,
                     unindexed_ids=unindexed, k=k, candidates=candidates, generators=generators, nprobe=nprobe,
-                    device=self.device, pooled=self.pooled, per_token=per_token, ann=self.ann,
+                    device=self.device, pooled=self.pooled, per_token=per_token, ann=self.ann, shares=shares,
                 )
             )
         return results

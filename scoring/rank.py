@@ -38,13 +38,14 @@ from scoring.tokens import TokenIndex
 
 GENERATORS = ("single", "tokens", "pooled", "ann")
 DEFAULT_GENERATORS = ("ann", "single")
-# A compact index (its codec's records begin with a centroid id) keeps no all-token copy: its token
-# generator is the centroid lists built from the stored ids (pagelens/retrieval.py, compact mode).
-COMPACT_GENERATORS = ("tokens", "single")
-# ("pooled", "single") is the better choice for a large compact index whose pages share topics (1M
-# synthetic pages: recall@10 0.957 at K = 400, p50 67 ms, against the lists' 0.563 at 148 ms) but not on
-# real text, where the lists find the rare tokens the means blur (24k real pages, benchmarks/
-# compact_pooled.py --realtext large: 0.896 / 0.918 at K = 400 / 600 against 0.982): it stays a choice (``generators=``), the default stays the lists (README, "Compact storage").
+# A compact index (its codec's records begin with a centroid id) keeps no all-token copy. Its token
+# generators are 16 pooled means a page (product-quantised, built at sync: scoring/pooled.py,
+# COMPACT_*) first, then the centroid lists built from the stored ids, then the single vector. The
+# means separate pages of one topic, which the lists' pre-scores cannot (they tie across it: 1M
+# synthetic pages, lists first recall@10 0.563); the lists find the rare tokens a mean blurs (real
+# text). Measured in README, "Compact storage".
+COMPACT_GENERATORS = ("pooled", "tokens")
+COMPACT_PER_TOKEN = 2048  # pooled neighbours per query token on a compact index
 DEFAULT_CANDIDATES = 200
 MAX_AUTO_CANDIDATES = 800
 PAGES_PER_CANDIDATE = 30  # the shortlist grows with the collection: real text needs it (module doc)
@@ -64,18 +65,16 @@ def default_candidates(live_pages: int) -> int:
     0.975 / 0.989 / 0.996."""
     return int(min(MAX_AUTO_CANDIDATES, max(DEFAULT_CANDIDATES, live_pages // PAGES_PER_CANDIDATE)))
 def compact_candidates(live_pages: int) -> int:
-    """K for the compact generators (centroid lists + single), whose pre-scores tie more than the
-    all-token index's: ``default_candidates``, or one per 80 pages from 64k pages, at most 1,600.
-    Measured on 100k synthetic pages x 64 tokens of pq-16 codes (benchmarks/million.py), recall@10
-    against exhaustive over the same codes: 0.818 / 0.944 / 0.994 / 1.000 at K = 400 / 800 / 1,200 /
-    1,600, p50 24 / 44 / 77 / 102 ms; on 3k real pages K = 200 already finds what exhaustive finds
-    over the codes (0.856 against 0.860). nprobe 8 or 16 instead of 4 changed nothing (0.944 / 0.936).
-    At 1M pages x 64 tokens K = 1,600 gives only 0.600 (p50 135 ms): the lists' pre-scores tie across a
-    whole topic there, and a finer generator is needed (README, "Compact storage")."""
-    return int(min(MAX_COMPACT_CANDIDATES, max(default_candidates(live_pages), live_pages // 80)))
+    """K for the compact generators (pooled means and centroid lists, each its top K, reranked whole):
+    ``default_candidates`` up to 400. Measured over pq-16 codes (recall@10 against exhaustive over
+    the same codes; scratch runs of the same shortlists, README "Compact storage"): 3k real pages
+    K = 200 0.994 (316 pages reranked; the lists alone with single, the default before, 0.981);
+    24k real pages K = 200 / 400 / 600 0.974 / 0.986 / 0.994 (346 / 676 / 999 reranked; before:
+    0.979 at K = 800); 1M synthetic pages, K = 400: the means find the page (the lists tie)."""
+    return int(min(MAX_COMPACT_CANDIDATES, default_candidates(live_pages)))
 
 
-MAX_COMPACT_CANDIDATES = 1600
+MAX_COMPACT_CANDIDATES = 400
 DEFAULT_NPROBE = 4
 EXHAUSTIVE_BLOCK_PAGES = 1024
 
@@ -128,6 +127,7 @@ def shortlist(
     per_token: int = DEFAULT_PER_TOKEN,
     k: int = 0,
     ann: PooledIndex | None = None,
+    shares: str = "first",
 ) -> np.ndarray:
     """Live page ids from the chosen generators (a union with quotas when several).
     A generator whose structure is missing (no codebook yet, no single vector) is skipped.
@@ -140,7 +140,7 @@ def shortlist(
     ids = proposals(
         query_multi, query_single, prefilter=prefilter, tokens=tokens, live_ids=live_ids,
         candidates=max(int(candidates), int(k)), generators=generators, nprobe=nprobe, pooled=pooled,
-        per_token=per_token, ann=ann,
+        per_token=per_token, ann=ann, shares=shares,
     )
     return top_up(ids, k, live_ids, prefilter=prefilter, query_single=query_single)
 
@@ -158,13 +158,14 @@ def proposals(
     pooled: PooledIndex | None = None,
     per_token: int = DEFAULT_PER_TOKEN,
     ann: PooledIndex | None = None,
+    shares: str = "first",
 ) -> np.ndarray:
     """What the generators propose, as one sorted set (``union_with_quotas``), before any top-up;
     empty when no generator could run."""
     rankings = [ranking(gen, query_multi, query_single, candidates, prefilter=prefilter, tokens=tokens,
                         live_ids=live_ids, nprobe=nprobe, pooled=pooled, per_token=per_token, ann=ann)
                 for gen in check_generators(generators)]
-    return union_with_quotas([r for r in rankings if r is not None], candidates)
+    return union_with_quotas([r for r in rankings if r is not None], candidates, shares=shares)
 
 
 def ranking(gen: str, query_multi, query_single, candidates: int, *, prefilter, tokens, live_ids, nprobe, pooled,
@@ -174,7 +175,8 @@ def ranking(gen: str, query_multi, query_single, candidates: int, *, prefilter, 
         ids, _ = prefilter.search(query_single, candidates)
         return live_subset(ids[0][ids[0] >= 0], live_ids)
     if gen == "tokens" and tokens is not None:
-        return live_subset(tokens.candidates(query_multi, candidates, nprobe=nprobe)[0], live_ids)
+        ids, scores = tokens.candidates(query_multi, candidates + 1, nprobe=nprobe)
+        return live_subset(untied_head(ids, scores, candidates), live_ids)
     if gen == "pooled" and pooled is not None:
         return live_subset(pooled.candidates(query_multi, candidates, per_token=per_token)[0], live_ids)
     if gen == "ann" and ann is not None:
@@ -208,14 +210,32 @@ def top_up(
     return ids
 
 
-def union_with_quotas(rankings: Sequence[np.ndarray], candidates: int) -> np.ndarray:
+def untied_head(ids: np.ndarray, scores: np.ndarray, n: int) -> np.ndarray:
+    """The first ``n`` of a ranking (best first, ties by page id), less the pages tied with the n-th
+    when the tie runs past it: which of those make the cut is a draw by page id, not a ranking.
+    The centroid lists' pre-scores tie across a whole topic at scale (1M synthetic pages: the same
+    probed lists, the same sum); on real text they seldom tie and nothing is dropped."""
+    ids = np.asarray(ids)
+    if len(ids) <= n or n <= 0 or scores[n - 1] != scores[n]:
+        return ids[: max(n, 0)]
+    return ids[:n][np.asarray(scores[:n]) != scores[n - 1]]
+
+
+SHARES = ("first", "each")
+
+
+def union_with_quotas(rankings: Sequence[np.ndarray], candidates: int, *, shares: str = "first") -> np.ndarray:
     """The first generator's top ``candidates`` pages plus each other generator's top quarter of
-    that, as one set; topped up from the others' next pages while it holds fewer than
-    ``candidates`` (a generator may return fewer pages than asked). Unlike a fused cut to K, the
-    main generator keeps all of its K slots: at 100k pages RRF-fusing pooled with single at K=100
-    lost 2.5 points of recall@10 against pooled alone; the others add the pages only they find."""
+    that (``shares="first"``), or every generator's top ``candidates`` (``"each"``: the compact
+    default, whose two token generators each find what the other misses), as one set; topped up
+    from the others' next pages while it holds fewer than ``candidates`` (a generator may return
+    fewer pages than asked). Unlike a fused cut to K, the main generator keeps all of its K slots:
+    at 100k pages RRF-fusing pooled with single at K=100 lost 2.5 points of recall@10 against
+    pooled alone; the others add the pages only they find."""
+    if shares not in SHARES:
+        raise ValueError(f"unknown shares {shares!r}; choose one of {list(SHARES)}")
     rankings = [np.asarray(r, dtype=np.int64) for r in rankings]
-    quota = [candidates if i == 0 else max(1, candidates // 4) for i in range(len(rankings))]
+    quota = [candidates if i == 0 or shares == "each" else max(1, candidates // 4) for i in range(len(rankings))]
     chosen = [r[:q] for r, q in zip(rankings, quota)]
     shortlist = np.unique(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
     if len(shortlist) < candidates:
@@ -274,6 +294,7 @@ def search(
     per_token: int | None = None,
     ann: PooledIndex | None = None,
     early_stop: bool = True,
+    shares: str = "first",
 ) -> Hits:
     """One query through both stages. ``live_ids`` (sorted) is the truth about what exists;
     ``unindexed_ids`` are live pages the derived structures do not hold yet: they are always
@@ -313,7 +334,7 @@ def search(
     ids = proposals(
         query_multi, query_single, prefilter=prefilter, tokens=tokens, live_ids=live_ids,
         candidates=candidates, generators=generators, nprobe=nprobe, pooled=pooled, per_token=per_token,
-        ann=ann,
+        ann=ann, shares=shares,
     )
     if len(ids) == 0:  # no generator could run (no codebook yet, no single query): stay exact
         return exhaustive(source, [query_multi], live_ids, k, device=device)[0]
@@ -385,6 +406,6 @@ def _prescore_bound(page_ids: np.ndarray, ranked: np.ndarray, pre: np.ndarray) -
 
 
 __all__ = [
-    "COMPACT_GENERATORS", "DEFAULT_CANDIDATES", "DEFAULT_GENERATORS", "compact_candidates", "default_candidates", "DEFAULT_NPROBE", "DEFAULT_PER_TOKEN", "EMPTY_PAGE_SCORE", "GENERATORS",
-    "Hits", "check_generators", "exhaustive", "live_subset", "proposals", "rerank", "search", "shortlist", "top_k", "top_up", "union_with_quotas",
+    "COMPACT_GENERATORS", "COMPACT_PER_TOKEN", "DEFAULT_CANDIDATES", "DEFAULT_GENERATORS", "compact_candidates", "default_candidates", "DEFAULT_NPROBE", "DEFAULT_PER_TOKEN", "EMPTY_PAGE_SCORE", "GENERATORS",
+    "Hits", "SHARES", "check_generators", "exhaustive", "live_subset", "proposals", "rerank", "search", "shortlist", "top_k", "top_up", "union_with_quotas", "untied_head",
 ]

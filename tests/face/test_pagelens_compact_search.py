@@ -172,23 +172,35 @@ def test_cli_lists_agree_with_the_api():
     assert cli.SINGLE_PRECISION_NAMES == api.SINGLE_PRECISIONS
 
 
-def test_a_codec_trains_as_soon_as_it_is_due_not_at_close(tmp_path):
-    """Bring-your-own pages: once 65,536 tokens are in, the codec trains and later documents are
-    encoded as they are written, so a big first run never holds the whole collection raw."""
+def test_a_codec_trains_mid_run_only_past_the_early_threshold_else_at_close(tmp_path, monkeypatch):
+    """Bring-your-own pages: during a run the codec trains once Store.train_early_tokens are in (later
+    documents are then encoded as written, so a big first run never holds the whole collection raw);
+    a smaller collection trains at close(), on a sample of all its pages rather than its first ones."""
     import pagelens
 
-    index = pagelens.Index.create(tmp_path / "idx", single_dim=D_SINGLE, multi_dim=D_MULTI, compression="residual-2")
     pages = _big_pages(n=80)
-    index.add_embeddings("/first.pdf", pages[:70])  # 70,000 tokens: due
+    index = pagelens.Index.create(tmp_path / "a", single_dim=D_SINGLE, multi_dim=D_MULTI, compression="residual-2")
+    index.add_embeddings("/first.pdf", pages[:70])  # 70,000 tokens: past train_min_tokens, not the early mark
+    store = Store.open(tmp_path / "a")
+    assert store.stats().raw_pages == 70 and store.token_codebook() is None
+    store.close()
+    index.close()  # the end of the run: trains on all 70 pages
+    store = Store.open(tmp_path / "a")
+    assert store.stats().raw_pages == 0 and store.token_codebook() is not None
+    store.close()
+
+    monkeypatch.setattr(Store, "train_early_tokens", 65_536)
+    index = pagelens.Index.create(tmp_path / "b", single_dim=D_SINGLE, multi_dim=D_MULTI, compression="residual-2")
+    index.add_embeddings("/first.pdf", pages[:70])  # due mid-run now
     index.add_embeddings("/second.pdf", pages[70:])
-    store = Store.open(tmp_path / "idx")  # a reader, while the writer is still open
+    store = Store.open(tmp_path / "b")  # a reader, while the writer is still open
     assert store.stats().raw_pages == 0 and store.token_codebook() is not None
     store.close()
     index.close()
 
 
 def test_pooled_generator_over_a_compact_index_is_product_quantised_and_kept_in_step(tmp_path, monkeypatch):
-    """Asked for "pooled", a compact index pools each page's decoded codes into COMPACT_MEANS means,
+    """A compact index's sync pools each page's decoded codes into COMPACT_MEANS means,
     product-quantised in IVF lists; the generation keeps it (a reopen rebuilds nothing), adds and
     removals follow, and a pooled-first search finds a page from its own tokens."""
     import faiss
@@ -201,7 +213,7 @@ def test_pooled_generator_over_a_compact_index_is_product_quantised_and_kept_in_
     store.maybe_train_codec()
     r = Retriever(tmp_path / "derived", store)
     r.sync()
-    assert r.compact and r.pooled is None  # built only when a search asks for it
+    assert r.compact and r.pooled is not None and len(r.pooled) == len(ids)  # built at sync
     gens = ["pooled", "single"]
     found = 0
     for i in range(0, len(ids), 16):
@@ -223,7 +235,36 @@ def test_pooled_generator_over_a_compact_index_is_product_quantised_and_kept_in_
     assert r.search(more[4].multi[:6], more[4].single, k=3, candidates=20, generators=gens)[0][0] == new_ids[4]
     # a generation pooled another way (float32, other m) is rebuilt, not trusted
     other = Retriever(tmp_path / "derived", store, pool_clusters=8)
-    assert other.pooled is None
+    assert len(other.included) == 0 and len(other.pooled) == 0
+    other.sync()
+    assert other.pooled.m == 8 and len(other.pooled) == len(want)
+
+
+def test_a_compact_generation_saved_without_means_is_pooled_by_its_writer_not_its_readers(tmp_path):
+    """An index synced before compact indexes pooled at sync: readers search it as it is (lists +
+    single; pooling 1M pages per search process would take a quarter of an hour), the writer's
+    next sync pools every live page once and saves it, and readers then load the means."""
+    store, ids, embs = trained_store(tmp_path, "pq-16")
+    store.train_min_tokens = 100
+    store.maybe_train_codec()
+    old = Retriever(tmp_path / "derived", store)
+    old.sync()
+    old.pooled = None  # what an older pagelens saved
+    old._generation += 1
+    old._save()
+    reader = Retriever(tmp_path / "derived", store, persist=False)
+    assert reader.compact and reader.pooled is None and len(reader.included) == len(ids)
+    hits = reader.search(embs[5].multi[:6], embs[5].single, k=3, candidates=20)
+    assert hits[0][0] == ids[5] and reader.pooled is None  # searched without means, built none
+    assert not reader.sync()
+    writer = Retriever(tmp_path / "derived", store)
+    assert writer.pooled is None
+    assert writer.sync()  # nothing added or removed: it pools what is there
+    np.testing.assert_array_equal(writer.pooled.live_ids(), np.sort(ids))
+    assert not writer.sync()
+    fresh = Retriever(tmp_path / "derived", store, persist=False)
+    assert fresh.pooled is not None and len(fresh.pooled) == len(ids)
+    assert fresh.search(embs[7].multi[:6], embs[7].single, k=3, candidates=20)[0][0] == ids[7]
 
 
 def test_index_search_takes_generators_and_refuses_unknown_ones(tmp_path):
@@ -243,3 +284,52 @@ def test_index_search_takes_generators_and_refuses_unknown_ones(tmp_path):
         with pytest.raises(PagelensError, match="generators"):
             index.search_embedding(q, k=3, generators=bad)
     index.close()
+
+
+def test_info_splits_the_derived_bytes_by_structure(tmp_path):
+    """Index.info() names what the derived folder holds (pooled means, token lists, single
+    prefilter), as the saved state records them; an unreadable state reports nothing, not a crash."""
+    import pagelens
+    from pagelens.retrieval import derived_bytes
+
+    index = pagelens.Index.create(tmp_path / "idx", single_dim=D_SINGLE, multi_dim=D_MULTI, compression="pq-16")
+    embs = _big_pages(n=80)
+    index.add_embeddings("/a.pdf", embs)
+    index.sync()
+    info = index.info()
+    parts = info.extra["derived_bytes"]
+    assert {"pooled means", "token lists", "single prefilter"} <= set(parts) and min(parts.values()) > 0
+    assert sum(parts.values()) <= info.bytes_on_disk["derived"]
+    assert info.extra["derived_bytes_per_page"]["pooled means"] == parts["pooled means"] / info.pages
+    index.close()
+    (tmp_path / "idx" / "derived" / "state.json").write_text('{"generation": 1, "files": {"../x": 5}}')
+    assert derived_bytes(tmp_path / "idx" / "derived") == {}
+
+
+def test_compact_default_leads_with_means_and_lists_and_builds_the_prefilter_only_when_asked(tmp_path):
+    """A compact index's default search: pooled means and centroid lists, each its top K, no
+    single-vector prefilter (its bytes go to the means). Asked for "single", the prefilter is built
+    over what is live, saved, kept in step, and a reopen keeps it."""
+    from scoring import rank
+
+    store, ids, embs = trained_store(tmp_path, "pq-16")
+    store.train_min_tokens = 100
+    store.maybe_train_codec()
+    r = Retriever(tmp_path / "derived", store)
+    r.sync()
+    assert len(r.prefilter) == 0 and len(r.pooled) == len(ids) and len(r.tokens) == len(ids)
+    q, s = embs[9].multi[:6], embs[9].single
+    want = rank.search(store, q, s, prefilter=r.prefilter, tokens=r.tokens, live_ids=np.sort(ids), k=5, candidates=20,
+                       generators=("pooled", "tokens"), pooled=r.pooled, per_token=rank.COMPACT_PER_TOKEN,
+                       shares="each")
+    assert r.search(q, s, k=5, candidates=20) == want and want[0][0] == ids[9]
+    assert len(r.prefilter) == 0  # the default never asks for it
+    hits = r.search(q, s, k=5, candidates=20, generators=["pooled", "tokens", "single"])
+    assert hits[0][0] == ids[9] and len(r.prefilter) == len(ids)
+    store.remove_document("/doc0.pdf")
+    more = clustered_pages(10, seed=5)
+    new_ids = store.add_document("/late.pdf", more)
+    r.sync()
+    np.testing.assert_array_equal(r.prefilter.ids(), np.sort(np.concatenate([ids[40:], new_ids])))
+    again = Retriever(tmp_path / "derived", store, persist=False)
+    assert again.single_enabled and len(again.prefilter) == len(ids) - 40 + 10

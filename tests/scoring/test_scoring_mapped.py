@@ -68,3 +68,22 @@ def test_union_with_quotas_keeps_the_main_generators_k_and_tops_up():
     assert union_with_quotas([main, other], 8).tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     # main returned only 2 pages: the other's quota (1) and then its next pages fill up to K=6
     assert union_with_quotas([main[:2], other], 6).tolist() == [1, 8, 9, 11, 12, 13]
+
+
+def test_each_share_gives_every_generator_k_and_ties_at_the_cut_are_left_out():
+    """The compact default's union: every generator's top K, not K/4 for the second; and a ranking
+    whose pages tie across its cut contributes only its untied head (the rest is a draw by id)."""
+    import pytest
+
+    from scoring.rank import union_with_quotas, untied_head
+
+    main, other = np.arange(1, 9), np.arange(11, 19)
+    assert union_with_quotas([main, other], 8, shares="first").tolist() == list(range(1, 9)) + [11, 12]
+    assert union_with_quotas([main, other], 8, shares="each").tolist() == list(range(1, 9)) + list(range(11, 19))
+    with pytest.raises(ValueError, match="shares"):
+        union_with_quotas([main], 8, shares="most")
+    ids = np.array([7, 3, 4, 5, 6, 9])
+    assert untied_head(ids, np.array([5.0, 4.0, 3.0, 3.0, 3.0, 3.0]), 4).tolist() == [7, 3]  # 4, 5 | 6, 9 tie
+    assert untied_head(ids, np.array([5.0, 4.0, 3.0, 3.0, 2.0, 1.0]), 4).tolist() == [7, 3, 4, 5]  # tie ends at the cut
+    assert untied_head(ids, np.full(6, 1.0), 3).tolist() == []  # one tie group: nothing ranked
+    assert untied_head(ids[:3], np.array([3.0, 2.0, 2.0]), 4).tolist() == [7, 3, 4]  # fewer than n: all

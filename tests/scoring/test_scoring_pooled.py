@@ -416,8 +416,9 @@ def test_a_pooled_first_shortlist_is_reranked_whole(rng):
     assert rank.search(source, q, None, **kw) == rank.search(source, q, None, early_stop=False, **kw)
 
 
-def test_compact_candidates_grow_past_the_default_and_stay_bounded():
+def test_compact_candidates_follow_the_default_up_to_their_cap():
+    """Each compact generator brings its own K, so K stops at 400 where the default goes on to 800."""
     assert rank.compact_candidates(3_000) == rank.default_candidates(3_000) == 200
-    assert rank.compact_candidates(24_000) == rank.default_candidates(24_000)
-    assert rank.compact_candidates(100_000) == 1250 > rank.default_candidates(100_000)
-    assert rank.compact_candidates(10**7) == rank.MAX_COMPACT_CANDIDATES
+    assert rank.compact_candidates(9_000) == rank.default_candidates(9_000) == 300
+    assert rank.compact_candidates(24_000) == rank.MAX_COMPACT_CANDIDATES == 400 < rank.default_candidates(24_000)
+    assert rank.compact_candidates(10**7) == 400
