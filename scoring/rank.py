@@ -4,7 +4,8 @@ Generators: "single" (FAISS over single vectors, ``prefilter.py``), "ann" (FAISS
 vector, IVF lists of 8-bit residuals: ``pooled.PooledIndex(m=0)``), "pooled" (FAISS over each page's
 k-means-pooled token vectors) and "tokens" (global-codebook centroid probes, ``tokens.py``). With
 several, the shortlist is a union: the first generator's top K pages plus the top K/4 of each
-other one (``union_with_quotas``), so MaxSim reranks at most K * (1 + (g-1)/4).
+other one (``union_with_quotas``), so MaxSim reranks at most K * (1 + (g-1)/4); or, the compact
+default (``shares="each"``), every generator's top K.
 
 Defaults, chosen on real text (``benchmarks/realtext.py``: 3,000 and 24,000 real PDF pages in 36
 languages, MiniLM token states projected to 128-d, 300 queries of 10 words from page text;
