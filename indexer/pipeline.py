@@ -248,8 +248,10 @@ class _Run:
         self.report.added.append((item[1].path, len(ids)))
         self.report.pages_added += len(ids)
         # a codec due for training trains now, not at the end of the run: a first run of a big
-        # collection would otherwise store every page raw (196 KB each at 768 tokens) and convert later
-        self.store.maybe_train_codec()
+        # collection would otherwise store every page raw (196 KB each at 768 tokens) and convert later;
+        # mid-run only past Store.train_early_tokens (~1,400 pages of 768 tokens), so that it learns
+        # from more than the first document or two (the end of the run trains a smaller collection)
+        self.store.maybe_train_codec(early=True)
         self.finish_file(FileDone, item[1].path, len(ids))
 
     def _on_failed(self, item, _result) -> None:

@@ -166,3 +166,35 @@ def test_render_thread_stays_bounded(tmp_path, store, encoder, monkeypatch):
     slow = FakeEncoder(delay=0.002)
     index_paths(store, slow, [tmp_path], dpi=72, batch_size=4)
     assert alive["max_q"] <= 4 and store.stats().pages == 40
+
+
+def test_a_codec_trains_after_a_document_only_past_the_early_mark_and_at_the_end_otherwise(tmp_path, encoder,
+                                                                                             monkeypatch):
+    """Mid-run (after each document) a codec trains only once Store.train_early_tokens are stored,
+    so it learns from more than the first documents; a smaller first run trains at its end."""
+    from indexer.store import Store
+
+    for name in ("a.pdf", "b.pdf", "c.pdf"):
+        make_pdf(tmp_path / name, 2, seed=len(name) + ord(name[0]))
+    paths = [tmp_path / n for n in ("a.pdf", "b.pdf", "c.pdf")]
+    for early, expect_mid_run in ((10 ** 9, False), (1, True)):
+        s = Store.create(tmp_path / f"pq-{early}", identity=encoder.identity, single_dim=encoder.single_dim,
+                         multi_dim=encoder.multi_dim, compression="pq-16")
+        monkeypatch.setattr(Store, "train_min_tokens", 1)
+        monkeypatch.setattr(Store, "train_early_tokens", early)
+        trained_after = []
+        real = Store.maybe_train_codec
+
+        def spy(self, **kw):
+            converted = real(self, **kw)
+            trained_after.append((kw.get("early", False), converted))
+            return converted
+
+        monkeypatch.setattr(Store, "maybe_train_codec", spy)
+        assert index_paths(s, encoder, paths, dpi=72).outcome == ALL_INDEXED
+        monkeypatch.setattr(Store, "maybe_train_codec", real)
+        mid_run = [c for e, c in trained_after if e]
+        assert len(mid_run) == 3  # asked after every document
+        assert (sum(mid_run) > 0) == expect_mid_run  # trained mid-run only past the early mark
+        assert s.stats().raw_pages == 0 and s.token_codebook() is not None  # trained by the end either way
+        s.close()
