@@ -385,7 +385,11 @@ class Retriever:
             batch = added[start : start + READ_BATCH_PAGES * 8]
             self.prefilter.add(batch, self.source.single_vectors(batch))
         batches = (added[a : a + READ_BATCH_PAGES] for a in range(0, len(added), READ_BATCH_PAGES))
-        if self._pool_everything():
+        # the means' IVF-PQ lists retrain as the collection grows 4x: pooled again from the stored
+        # pages, not re-encoded from their own decoded codes (a second quantisation each time)
+        regrow = self.compact and self.pooled is not None and len(added) > 0 and self.pooled.regrows_lossily(len(added))
+        if self._pool_everything() or regrow:
+            self.pooled = None  # the lists alone read nothing but the stored ids
             for b in batches:
                 self._add_coarse(b)
             self.pooled = self._new_pooled()

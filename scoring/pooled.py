@@ -139,6 +139,11 @@ class PooledIndex:
         vectors = np.concatenate(parts, axis=0) if parts else np.zeros((0, dim), np.float16)
         return vectors.reshape(-1, dim), counts
 
+    def regrows_lossily(self, n_pages: int) -> bool:
+        """Whether adding ``n_pages`` more pages (at most ``m`` vectors each, or ``slots`` with
+        m = 0) may retrain product-quantised lists from decoded codes: pool every page afresh then."""
+        return self.index.regrows_lossily(int(n_pages) * (self.m or self.slots))
+
     def remove(self, page_ids: np.ndarray) -> None:
         held = np.isin(self.page_ids, np.asarray(page_ids, dtype=np.int64))
         if not held.any():

@@ -202,6 +202,13 @@ class SinglePrefilter:
         if self._mapped:
             self._index, self._mapped = owned_copy(self._index), False
 
+    def regrows_lossily(self, n_new: int) -> bool:
+        """Whether adding ``n_new`` vectors would retrain IVF lists whose vectors are held only as
+        codes (sq8, pq): the rebuild re-encodes decoded vectors, a second quantisation on top of
+        the first. A caller that can read the originals rebuilds from them instead."""
+        return (self.current_kind == "ivf" and self.codec in ("sq8", "pq16", "pq32")
+                and len(self) + int(n_new) > 4 * max(self._trained_at, 1))
+
     def add(self, page_ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add pages (ids not already held); vectors [n, D>=dim] are truncated to ``dim``."""
         ids = np.asarray(page_ids, dtype=np.int64)

@@ -333,3 +333,30 @@ def test_compact_default_leads_with_means_and_lists_and_builds_the_prefilter_onl
     np.testing.assert_array_equal(r.prefilter.ids(), np.sort(np.concatenate([ids[40:], new_ids])))
     again = Retriever(tmp_path / "derived", store, persist=False)
     assert again.single_enabled and len(again.prefilter) == len(ids) - 40 + 10
+
+
+def test_pooled_means_regrown_4x_are_pooled_again_from_the_store_not_re_encoded(tmp_path, monkeypatch):
+    """When the means' IVF-PQ lists retrain (the collection grew 4x since they were trained), the
+    writer pools every page again from the stored codes: the result is the index a fresh sync
+    builds, not one re-encoded from its own decoded codes (a second quantisation)."""
+    import scoring.pooled as pooled_mod
+
+    monkeypatch.setattr(pooled_mod, "PQ_MIN_VECTORS", 300)  # 40 pages x 16 means: IVF-PQ from the start
+    embs = clustered_pages(180, seed=11)
+    store = Store.create(tmp_path / "idx", identity=None, single_dim=D_SINGLE, multi_dim=D_MULTI, compression="pq-16")
+    store.train_min_tokens = 100
+    store.add_document("/first.pdf", embs[:40])
+    store.maybe_train_codec()
+    r = Retriever(tmp_path / "derived", store)
+    r.sync()
+    assert r.pooled.index.current_kind == "ivf" and not r.pooled.regrows_lossily(0)
+    assert r.pooled.regrows_lossily(140)
+    store.add_document("/rest.pdf", embs[40:])
+    r.sync()  # 40 -> 180 pages: past 4x the vectors the lists were trained on
+    fresh = Retriever(tmp_path / "fresh", store)
+    fresh.sync()
+    for i in (3, 50, 120, 179):
+        q = embs[i].multi[:6]
+        got, want = r.pooled.candidates(q, 30), fresh.pooled.candidates(q, 30)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
