@@ -628,8 +628,9 @@ class Store:
                                 single_bytes_after=self._single_bytes())
 
     train_min_tokens = 1 << 16  # a residual codec index trains at the end of a run once this many tokens are in
-    # ... and in the middle of one (``early``: bring-your-own adds, which have no end) only past this
-    # many: 256 MB of raw 128-d float16 at most, and a sample that is not just the first documents.
+    # ... and in the middle of one (``early``: after a document of an indexing run, after an
+    # ``add_embeddings``) only past this many: at most 256 MB of raw 128-d float16 on disk, and a
+    # sample that is not just the first documents.
     # 3k real-text pages (many languages) trained at 65,536 tokens (their first 256 pages): exhaustive
     # recall@10 over the codes against fp16 0.822; trained at the end over all of them: 0.857
     train_early_tokens = 1 << 20

@@ -448,7 +448,9 @@ def search_command(
     candidates: Optional[int] = typer.Option(
         None, "--candidates", callback=_at_least(1),
         help="Shortlist for the exact MaxSim rerank: pages the token-vector stage proposes (the single-vector "
-        "stage adds a quarter as many); at least 1, and raised to -k when smaller (default: 200 up to 6,000 pages, then one per 30 pages, at most 800).",
+        "stage adds a quarter as many; on a compact index each of its two generators proposes this many); at least 1, "
+        "and raised to -k when smaller (default: 200 up to 6,000 pages, then one per 30 pages, at most 800, or 400 on "
+        "a compact index).",
     ),
     exhaustive: bool = typer.Option(False, "--exhaustive", help="Score every page by exact MaxSim (slow; ground truth)."),
     generators: Optional[str] = typer.Option(

@@ -192,9 +192,21 @@ class Retriever:
         return COMPACT_CODEC if self.compact else "flat"
 
     def _new_pooled(self) -> PooledIndex:
-        """The pooled generator, built once a search asks for "pooled": over a compact index 16 means
-        a page, product-quantised (``scoring/pooled.py``, COMPACT_*); elsewhere float32."""
+        """An empty pooled generator: over a compact index 16 means a page, product-quantised
+        (``scoring/pooled.py``, COMPACT_*); elsewhere float32."""
         return PooledIndex(self.source.multi_dim, m=self.pool_clusters, codec=self.pool_codec)
+
+    def _pooled_over(self, page_ids: np.ndarray) -> PooledIndex:
+        """A pooled generator over these pages, read from the source in batches, added in one go."""
+        pooled = self._new_pooled()
+        batches = (page_ids[a : a + READ_BATCH_PAGES] for a in range(0, len(page_ids), READ_BATCH_PAGES))
+        pooled.add_batches((b, list(self.source.multi_vectors(b))) for b in batches)
+        return pooled
+
+    def _add_singles(self, page_ids: np.ndarray) -> None:
+        for start in range(0, len(page_ids), READ_BATCH_PAGES * 8):
+            batch = page_ids[start : start + READ_BATCH_PAGES * 8]
+            self.prefilter.add(batch, self.source.single_vectors(batch))
 
     def _source_codebook(self) -> tuple[int, np.ndarray] | None:
         """The source's centroid codec (``Store.token_codebook``), when it stores tokens as codes that
@@ -338,7 +350,8 @@ class Retriever:
     def sync(self) -> bool:
         """Bring the derived structures in step with ``source.live_page_ids()`` and persist them.
         Returns whether anything changed. Reads only the added pages' vectors, except when the
-        codebook is (re)trained, which reads every live page once."""
+        codebook is (re)trained, or a compact index's pooled means are built or regrown 4x, which
+        read every live page once."""
         live = np.asarray(self.source.live_page_ids(), dtype=np.int64)
         book = self._source_codebook()
         if (None if book is None else int(book[0])) != self.compact_codec:
@@ -381,9 +394,8 @@ class Retriever:
                 self.ann.remove(removed)
             if self.pooled is not None:
                 self.pooled.remove(removed)
-        for start in range(0, len(added) if self._keeps_single() else 0, READ_BATCH_PAGES * 8):
-            batch = added[start : start + READ_BATCH_PAGES * 8]
-            self.prefilter.add(batch, self.source.single_vectors(batch))
+        if self._keeps_single():
+            self._add_singles(added)
         batches = (added[a : a + READ_BATCH_PAGES] for a in range(0, len(added), READ_BATCH_PAGES))
         # the means' IVF-PQ lists retrain as the collection grows 4x: pooled again from the stored
         # pages, not re-encoded from their own decoded codes (a second quantisation each time)
@@ -392,9 +404,7 @@ class Retriever:
             self.pooled = None  # the lists alone read nothing but the stored ids
             for b in batches:
                 self._add_coarse(b)
-            self.pooled = self._new_pooled()
-            every = (live[a : a + READ_BATCH_PAGES] for a in range(0, len(live), READ_BATCH_PAGES))
-            self.pooled.add_batches((b, list(self.source.multi_vectors(b))) for b in every)
+            self.pooled = self._pooled_over(live)
         elif self.compact and self.pooled is not None:  # one pooled add: IVF-PQ trained once, not regrown
             self.pooled.add_batches((b, self._add_coarse(b)) for b in batches)
         elif self.compact:
@@ -438,10 +448,7 @@ class Retriever:
         self.sync()  # pools what is live now: removed pages may no longer be readable
         if self.pooled is not None:  # the sync loaded a generation that has one
             return
-        pooled = self._new_pooled()
-        batches = (self.included[a : a + READ_BATCH_PAGES] for a in range(0, len(self.included), READ_BATCH_PAGES))
-        pooled.add_batches((b, list(self.source.multi_vectors(b))) for b in batches)
-        self.pooled = pooled
+        self.pooled = self._pooled_over(self.included)
         if self.persist and len(self.included):
             with _exclusive(self.directory):
                 self._save()
@@ -456,9 +463,7 @@ class Retriever:
         if self.single_enabled:
             return
         self.single_enabled = True
-        for start in range(0, len(self.included), READ_BATCH_PAGES * 8):
-            batch = self.included[start : start + READ_BATCH_PAGES * 8]
-            self.prefilter.add(batch, self.source.single_vectors(batch))
+        self._add_singles(self.included)
         if self.persist and len(self.included):
             with _exclusive(self.directory):
                 self._save()

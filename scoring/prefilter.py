@@ -202,12 +202,15 @@ class SinglePrefilter:
         if self._mapped:
             self._index, self._mapped = owned_copy(self._index), False
 
+    def _grows_ivf(self, n_new: int) -> bool:
+        """Adding ``n_new`` vectors retrains the IVF lists: the collection passed 4x their training size."""
+        return self.current_kind == "ivf" and len(self) + int(n_new) > 4 * max(self._trained_at, 1)
+
     def regrows_lossily(self, n_new: int) -> bool:
         """Whether adding ``n_new`` vectors would retrain IVF lists whose vectors are held only as
-        codes (sq8, pq): the rebuild re-encodes decoded vectors, a second quantisation on top of
-        the first. A caller that can read the originals rebuilds from them instead."""
-        return (self.current_kind == "ivf" and self.codec in ("sq8", "pq16", "pq32")
-                and len(self) + int(n_new) > 4 * max(self._trained_at, 1))
+        lossy codes (sq8, pq): the rebuild re-encodes decoded vectors, a second quantisation on top
+        of the first. A caller that can read the originals rebuilds from them instead."""
+        return self.codec not in ("flat", "fp16") and self._grows_ivf(n_new)
 
     def add(self, page_ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add pages (ids not already held); vectors [n, D>=dim] are truncated to ``dim``."""
@@ -217,8 +220,7 @@ class SinglePrefilter:
         if len(vectors) != len(ids):
             raise ValueError(f"{len(ids)} ids but {len(vectors)} vectors")
         n_after = len(self) + len(ids)
-        grow_ivf = self.current_kind == "ivf" and n_after > 4 * max(self._trained_at, 1)
-        if self._resolve(n_after) != self.current_kind or grow_ivf or not self._index.is_trained:
+        if self._resolve(n_after) != self.current_kind or self._grows_ivf(len(ids)) or not self._index.is_trained:
             keep = self.ids()
             # vectors stay as given (often float16) until _rebuild widens them chunk by chunk; a first
             # build (nothing held yet) uses them as they are: no copy of millions of token vectors
