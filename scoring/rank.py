@@ -41,7 +41,7 @@ GENERATORS = ("single", "tokens", "pooled", "ann")
 DEFAULT_GENERATORS = ("ann", "single")
 # A compact index (its codec's records begin with a centroid id) keeps no all-token copy. Its token
 # generators are 16 pooled means a page (product-quantised, built at sync: scoring/pooled.py,
-# COMPACT_*) first, then the centroid lists built from the stored ids, then the single vector. The
+# COMPACT_*) and the centroid lists built from the stored ids, each its top K (``shares="each"``). The
 # means separate pages of one topic, which the lists' pre-scores cannot (they tie across it: 1M
 # synthetic pages, lists first recall@10 0.563); the lists find the rare tokens a mean blurs (real
 # text). Measured in README, "Compact storage".
@@ -68,10 +68,10 @@ def default_candidates(live_pages: int) -> int:
 def compact_candidates(live_pages: int) -> int:
     """K for the compact generators (pooled means and centroid lists, each its top K, reranked whole):
     ``default_candidates`` up to 400. Measured over pq-16 codes (recall@10 against exhaustive over
-    the same codes; scratch runs of the same shortlists, README "Compact storage"): 3k real pages
-    K = 200 0.994 (316 pages reranked; the lists alone with single, the default before, 0.981);
-    24k real pages K = 200 / 400 / 600 0.974 / 0.986 / 0.994 (346 / 676 / 999 reranked; before:
-    0.979 at K = 800); 1M synthetic pages, K = 400: the means find the page (the lists tie)."""
+    the same codes; benchmarks/compact_shares.py, README "Compact storage"): 3k real pages K = 200
+    0.998 (313 pages reranked; lists + single, the default before, 0.991); 24k real pages K = 200 /
+    400 / 600 0.980 / 0.996 / 0.997 (341 / 664 / 979 reranked; lists + single at K = 800: 0.995 with
+    935); 1M synthetic pages K = 400 0.970 (compact_pooled.py): the means find what the lists tie on."""
     return int(min(MAX_COMPACT_CANDIDATES, default_candidates(live_pages)))
 
 
